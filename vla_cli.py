@@ -5,7 +5,7 @@ argument parser and dispatches; each subcommand lives next to the code it drives
 exposes ``register(subparsers)``. Those modules are imported lazily, one per invocation where
 possible, so that ``vla serve`` never imports a simulator and ``vla collect`` never imports ROS.
 
-Adding a subcommand: write ``<package>/cli.py`` (or any module) with
+Adding a subcommand: write a module in the owning package with
 ``register(subparsers) -> None`` that calls ``subparsers.add_parser(...)`` and sets
 ``parser.set_defaults(func=callable_taking_args)``, then list it in ``COMMANDS`` below.
 """
@@ -18,13 +18,13 @@ import sys
 
 # name -> (module that registers it, one-line help). Order is the order shown in `vla --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "collect": ("envs.cli", "Collect scripted-expert demonstrations into a LeRobot dataset."),
-    "experts": ("envs.cli", "Measure the scripted experts' success on LIBERO init states."),
+    "collect": ("envs.collect", "Collect scripted-expert demonstrations into a LeRobot dataset."),
+    "experts": ("envs.expert_eval", "Measure the scripted experts' success on LIBERO init states."),
     "train": ("training.cli", "Train a VLA policy on a LeRobot dataset."),
     "eval": ("training.cli", "Evaluate a policy on LIBERO with the standard protocol."),
     "demo": ("training.cli", "End to end: collect demos, train, evaluate, print the table."),
-    "serve": ("robots.cli", "Serve a policy over websockets (openpi wire protocol)."),
-    "export": ("robots.cli", "Export a policy to ONNX with a parity check."),
+    "serve": ("robots.serve_cli", "Serve a policy over websockets (openpi wire protocol)."),
+    "export": ("robots.export", "Export a policy to ONNX with a parity check."),
     "bench": ("benchmarks.cli", "Benchmarks: model speed, simulation speed, training, serving."),
 }
 

@@ -1,0 +1,38 @@
+"""`vla bench <name>`: one benchmark per module under ``benchmarks/``.
+
+Each benchmark module exposes ``register(subparsers)`` adding its own parser (named as in
+``BENCHMARKS``) with ``set_defaults(func=...)``. Benchmark modules keep heavy imports (torch,
+simulators) inside their run functions, so registering all of them stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "model": ("benchmarks.model_speed", "Model params, FLOPs and sample_actions latency."),
+    "sim": ("benchmarks.sim_speed", "LIBERO steps/s: physics only, standard and fast render."),
+    "train": ("benchmarks.train_speed", "Training samples/s with 1 and 2 processes."),
+    "eval": ("benchmarks.eval_speed", "Evaluation env-steps/s with 1, 2 and 4 workers."),
+    "serve": ("benchmarks.serve_speed", "Policy server requests/s and latency percentiles."),
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="Run a benchmark (prints a table, writes JSON).")
+    bench_subparsers = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    for name, (module_name, help_text) in BENCHMARKS.items():
+        try:
+            importlib.import_module(module_name).register(bench_subparsers)
+        except ModuleNotFoundError as error:
+            stub = bench_subparsers.add_parser(name, help=f"{help_text} (unavailable: {error})")
+            stub.set_defaults(func=_unavailable(name, error))
+
+
+def _unavailable(name: str, error: Exception):
+    def run(_args: argparse.Namespace) -> int:
+        print(f"vla bench {name}: not available: {error}")
+        return 2
+
+    return run
