@@ -1,0 +1,266 @@
+"""The scripted pick-and-place expert for LIBERO-Object and LIBERO-Spatial.
+
+A phase machine over privileged state; each phase sets a target gripper pose and gripper
+command, and :class:`~envs.experts.motion.PoseController` turns that into a smooth action::
+
+    APPROACH  above the grasp point at a safe height, rotate fingers to the grasp yaw (open)
+    DESCEND   straight down to the grasp point (open)
+    GRASP     hold still and close the fingers
+    LIFT      straight up to the carry height; a lift without the object goes back to APPROACH
+    CARRY     at carry height, to above the target (object-in-hand offset compensated)
+    LOWER     down until the object sits just above the target's support
+    RELEASE   hold still and open the fingers
+    RETREAT   straight up; then hold (the episode ends on success)
+
+Targets are re-planned from the live object poses when a phase starts, never teleported to:
+the robot only moves through the controller, like a learned policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.experts.goal import PickPlaceGoal, goal_from_env
+from envs.experts.grasp import FINGERTIP_BELOW, Grasp, obstacle_boxes, plan_grasp
+from envs.experts.motion import MotionConfig, PoseController, grasp_orientation
+from envs.experts.scene import Scene, unwrap_libero_env
+
+OPEN, CLOSE = -1.0, 1.0
+PHASES = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat", "done")
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Speeds (action units, 1 = 5 cm per step), heights (m) and timing (steps)."""
+
+    travel_speed: float = 0.8
+    descend_speed: float = 0.45
+    fine_speed: float = 0.3
+    hover_above: float = 0.08  # approach height above the grasp point
+    safe_margin: float = 0.04  # carried object's bottom above every obstacle on the way
+    release_above: float = 0.012  # object bottom above the target support when released
+    basket_release_above: float = 0.03
+    close_steps: int = 14
+    open_steps: int = 10
+    retreat_height: float = 0.10
+    max_regrasps: int = 2
+    position_tolerance: float = 0.01
+    yaw_tolerance: float = 0.08
+    motion: MotionConfig = MotionConfig()
+
+    def __post_init__(self) -> None:
+        for field in (
+            "travel_speed",
+            "descend_speed",
+            "fine_speed",
+            "hover_above",
+            "safe_margin",
+            "release_above",
+            "basket_release_above",
+            "retreat_height",
+            "position_tolerance",
+            "yaw_tolerance",
+        ):
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise ValueError(f"ExpertConfig.{field}={value!r}: expected a finite number > 0")
+        for field in ("travel_speed", "descend_speed", "fine_speed"):
+            if getattr(self, field) > 1.0:
+                raise ValueError(
+                    f"ExpertConfig.{field}={getattr(self, field)!r}: expected <= 1 (action units)"
+                )
+        for field in ("close_steps", "open_steps", "max_regrasps"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"ExpertConfig.{field}={value!r}: expected an int >= 0")
+
+
+class ScriptedExpert:
+    """Solves one LIBERO pick-and-place task from privileged simulator state.
+
+    ``act(obs=None)`` returns a float32 (7,) action in [-1, 1]; ``obs`` is ignored (everything
+    is read from the simulator). Call ``reset()`` after every env reset.
+    """
+
+    def __init__(self, env, config: ExpertConfig | None = None):
+        self.problem_env = unwrap_libero_env(env)
+        self.config = config or ExpertConfig()
+        self.goal: PickPlaceGoal = goal_from_env(self.problem_env)
+        self.scene = Scene(self.problem_env)
+        self.controller = PoseController(
+            self.scene.controller_output_max(), self.config.motion
+        )
+        self.reset()
+
+    # --- public ----------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.controller.reset()
+        self.phase = "approach"
+        self.phase_steps = 0
+        self.regrasps = 0
+        self.grasp: Grasp | None = None
+        self.grip = OPEN
+        self._targets: dict[str, np.ndarray] = {}
+        self._held_offset = np.zeros(3)  # object position minus grip site, while held
+        self._held_bottom = 0.0  # object's lowest point minus grip-site height, while held
+
+    def act(self, obs=None) -> np.ndarray:  # (7,) float32
+        for _ in range(len(PHASES)):  # a phase may finish instantly; bounded re-dispatch
+            action = getattr(self, f"_{self.phase}")()
+            if action is not None:
+                self.phase_steps += 1
+                return action
+        raise RuntimeError(f"expert phase machine did not settle (phase {self.phase!r})")
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _enter(self, phase: str) -> None:
+        self.phase, self.phase_steps = phase, 0
+        self._targets.clear()
+
+    def _move(self, pos: np.ndarray, rot: np.ndarray, speed: float) -> np.ndarray:
+        arm = self.controller.command(self.scene.eef_pos(), self.scene.eef_rot(), pos, rot, speed)
+        return np.concatenate([arm, [self.grip]]).astype(np.float32)
+
+    def _reached(self, pos: np.ndarray, tol: float | None = None) -> bool:
+        return bool(np.linalg.norm(self.scene.eef_pos() - pos) < (tol or self.config.position_tolerance))
+
+    def _rot(self) -> np.ndarray:
+        return grasp_orientation(self.grasp.finger_angle if self.grasp else np.pi / 2)
+
+    def _robot_xy(self) -> np.ndarray:
+        sim = self.scene.sim
+        return np.array(sim.data.body_xpos[sim.model.body_name2id("robot0_base")][:2])
+
+    def _obstacle_top(self, a_xy: np.ndarray, b_xy: np.ndarray, radius: float, exclude) -> float:
+        """Highest obstacle top within ``radius`` of the segment from ``a_xy`` to ``b_xy``."""
+        top = -np.inf
+        seg = b_xy - a_xy
+        length2 = float(seg @ seg) + 1e-12
+        for box in obstacle_boxes(self.scene, exclude=exclude):
+            center = box.center[:2]
+            t = np.clip((center - a_xy) @ seg / length2, 0.0, 1.0)
+            nearest = a_xy + t * seg
+            # distance from the segment to the box footprint
+            gap = np.maximum(box.low[:2] - nearest, 0) + np.maximum(nearest - box.high[:2], 0)
+            if np.linalg.norm(gap) < radius:
+                top = max(top, float(box.high[2]))
+        return top
+
+    def _place_point(self) -> tuple[np.ndarray, float]:
+        """Where the object's body position should end up (xy) and its support height."""
+        goal = self.goal
+        if self.scene.is_site(goal.target):
+            center = self.scene.site_pos(goal.target)
+            half = self.scene.site_half_size(goal.target)
+            support = float(self.scene.object_box(goal.target_object).low[2]) + 0.01
+            return center[:2], max(support, center[2] - half[2]) + self.config.basket_release_above
+        box = self.scene.object_box(goal.target)
+        return self.scene.object_pos(goal.target)[:2], float(box.high[2]) + self.config.release_above
+
+    # --- phases (each returns an action, or None to fall through to the next phase) ---------
+    def _approach(self):
+        cfg = self.config
+        if "pos" not in self._targets:
+            self.grasp = plan_grasp(self.scene, self.goal.obj, robot_xy=self._robot_xy())
+            eef = self.scene.eef_pos()
+            top = self._obstacle_top(eef[:2], self.grasp.pos[:2], 0.06, exclude=(self.goal.obj,))
+            hover = max(self.grasp.pos[2] + cfg.hover_above, top + FINGERTIP_BELOW + cfg.safe_margin)
+            self._targets["pos"] = np.array([*self.grasp.pos[:2], hover])
+        self.grip = OPEN
+        target = self._targets["pos"]
+        from envs.experts.motion import rotation_error
+
+        yaw_ok = np.linalg.norm(rotation_error(self._rot(), self.scene.eef_rot())) < cfg.yaw_tolerance
+        if self._reached(target, 0.015) and yaw_ok:
+            self._enter("descend")
+            return None
+        return self._move(target, self._rot(), cfg.travel_speed)
+
+    def _descend(self):
+        cfg = self.config
+        target = self.grasp.pos
+        near = self.scene.eef_pos()[2] - target[2] < 0.03
+        stalled = self.phase_steps > 60
+        if self._reached(target, 0.006) or stalled:
+            self._enter("grasp")
+            return None
+        return self._move(target, self._rot(), cfg.fine_speed if near else cfg.descend_speed)
+
+    def _grasp(self):
+        self.grip = CLOSE
+        if self.phase_steps >= self.config.close_steps:
+            eef = self.scene.eef_pos()
+            self._held_offset = self.scene.object_pos(self.goal.obj) - eef
+            self._held_bottom = float(self.scene.object_box(self.goal.obj).low[2] - eef[2])
+            self._enter("lift")
+            return None
+        return self._move(self.grasp.pos, self._rot(), self.config.fine_speed)
+
+    def _carry_height(self) -> float:
+        place_xy, _ = self._place_point()
+        eef = self.scene.eef_pos()
+        top = self._obstacle_top(eef[:2], place_xy, 0.08, exclude=(self.goal.obj,))
+        return top + self.config.safe_margin - self._held_bottom
+
+    def _lift(self):
+        cfg = self.config
+        if "pos" not in self._targets:
+            eef = self.scene.eef_pos()
+            self._targets["pos"] = np.array([eef[0], eef[1], max(self._carry_height(), eef[2] + 0.05)])
+            self._targets["obj_z"] = self.scene.object_pos(self.goal.obj)[2]
+        target = self._targets["pos"]
+        lifted = self.scene.object_pos(self.goal.obj)[2] - self._targets["obj_z"]
+        risen = self.scene.eef_pos()[2] - (self.grasp.pos[2])
+        if risen > 0.04 and lifted < 0.5 * risen:  # the object stayed behind: grasp failed
+            if self.regrasps < cfg.max_regrasps:
+                self.regrasps += 1
+                self.grip = OPEN
+                self._enter("approach")
+                return None
+        if self._reached(target, 0.02):
+            self._enter("carry")
+            return None
+        return self._move(target, self._rot(), cfg.descend_speed if self.phase_steps < 8 else cfg.travel_speed)
+
+    def _carry(self):
+        cfg = self.config
+        if "pos" not in self._targets:
+            place_xy, _ = self._place_point()
+            z = max(self.scene.eef_pos()[2], self._carry_height())
+            self._targets["pos"] = np.array([*(place_xy - self._held_offset[:2]), z])
+        target = self._targets["pos"]
+        if self._reached(target, cfg.position_tolerance):
+            self._enter("lower")
+            return None
+        return self._move(target, self._rot(), cfg.travel_speed)
+
+    def _lower(self):
+        cfg = self.config
+        place_xy, support = self._place_point()
+        xy = place_xy - self._held_offset[:2]
+        target = np.array([*xy, support - self._held_bottom])
+        eef = self.scene.eef_pos()
+        if self._reached(target, 0.008) or self.phase_steps > 60:
+            self._enter("release")
+            return None
+        speed = cfg.fine_speed if eef[2] - target[2] < 0.04 else cfg.descend_speed
+        return self._move(target, self._rot(), speed)
+
+    def _release(self):
+        self.grip = OPEN
+        if "pos" not in self._targets:
+            self._targets["pos"] = self.scene.eef_pos()
+        if self.phase_steps >= self.config.open_steps:
+            self._enter("retreat")
+            return None
+        return self._move(self._targets["pos"], self._rot(), self.config.fine_speed)
+
+    def _retreat(self):
+        if "pos" not in self._targets:
+            self._targets["pos"] = self.scene.eef_pos() + np.array([0, 0, self.config.retreat_height])
+        return self._move(self._targets["pos"], self._rot(), self.config.descend_speed)
+
+    def _done(self):
+        return self._move(self.scene.eef_pos(), self._rot(), self.config.fine_speed)

@@ -1,0 +1,235 @@
+"""`vla train`, `vla eval` and `vla demo`: argument parsing and the printed summaries.
+
+Heavy imports (torch, lerobot, LIBERO) happen inside the run functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_train(subparsers)
+    _register_eval(subparsers)
+    _register_demo(subparsers)
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="Train a VLA policy on a LeRobot dataset.")
+    parser.add_argument("--preset", default="small", help="model preset: tiny | small | pretrained")
+    parser.add_argument("--dataset", required=True, help="LeRobot dataset directory (vla collect --out)")
+    parser.add_argument("--out", required=True, help="run directory (checkpoints, logs, summary)")
+    parser.add_argument("--steps", type=int, default=None, help="total optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=None)
+    parser.add_argument("--keep-last", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers")
+    parser.add_argument("--no-augment", action="store_true", help="disable image augmentation")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="model preset override, e.g. --set chunk_size=16 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
+    parser.set_defaults(func=run_train)
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE")
+        key, value = pair.split("=", 1)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def train_config_from_args(args: argparse.Namespace, base=None):
+    from training.augment import AugmentConfig
+    from training.train import TrainConfig
+
+    base = base or TrainConfig()
+    changes = {
+        name: getattr(args, name)
+        for name in ("steps", "batch_size", "lr", "checkpoint_every", "keep_last", "seed", "num_workers")
+        if getattr(args, name, None) is not None
+    }
+    if getattr(args, "no_augment", False):
+        changes["augment"] = AugmentConfig(shift_pixels=0, brightness=0, contrast=0, saturation=0)
+    import dataclasses
+
+    return dataclasses.replace(base, **changes)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from training.dataset import DatasetMismatchError
+    from training.train import train
+    from vla import presets
+
+    try:
+        model_config = presets.get(args.preset, **_parse_overrides(args.set))
+        train_config = train_config_from_args(args)
+        summary = train(model_config=model_config, train_config=train_config,
+                        dataset_dir=args.dataset, run_dir=args.out, resume=args.resume,
+                        command=_command_line())
+    except (DatasetMismatchError, FileExistsError, ValueError) as error:
+        print(f"vla train: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("steps", "final_loss", "best_metric", "wall_time_s",
+                                               "checkpoint")}, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------------ eval
+
+
+def _register_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="Evaluate a policy on LIBERO with the standard protocol.")
+    parser.add_argument("--policy", required=True,
+                        help="checkpoint directory, or 'expert' / 'random' for reference policies")
+    parser.add_argument("--suite", required=True)
+    parser.add_argument("--tasks", default=None, help="comma-separated task ids (default: all)")
+    parser.add_argument("--episodes-per-task", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2, help="episode worker processes (0: inline)")
+    parser.add_argument("--out", default=None, help="output directory (default: <policy>/eval_<suite>)")
+    parser.add_argument("--video", action="store_true", help="write an mp4 per episode")
+    parser.add_argument("--max-steps", type=int, default=None, help="default: the suite's standard")
+    parser.add_argument("--settle-steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--renderer", default=None, help="fast | standard (default: the dataset's)")
+    parser.add_argument("--n-action-steps", type=int, default=None,
+                        help="actions executed per chunk (default: the whole chunk)")
+    parser.add_argument("--temporal-ensemble", type=float, default=None, metavar="COEFF",
+                        help="ACT-style temporal ensembling with this coefficient (re-plans every step)")
+    parser.add_argument("--num-steps", type=int, default=None, help="denoising steps")
+    parser.set_defaults(func=run_eval)
+
+
+def parse_task_ids(text: str | None, suite: str) -> tuple[int, ...]:
+    from envs.suites import get_suite
+
+    num_tasks = get_suite(suite).num_tasks
+    if text is None or text == "all":
+        return tuple(range(num_tasks))
+    try:
+        ids = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--tasks {text!r}: expected comma-separated integers, e.g. 0,3,7") from None
+    bad = [i for i in ids if not 0 <= i < num_tasks]
+    if bad or not ids:
+        raise ValueError(f"--tasks {text!r}: {suite} has task ids 0..{num_tasks - 1}")
+    return ids
+
+
+def checkpoint_env_settings(path: str) -> dict:
+    """Camera names, image size, dims (and the renderer the data was collected with, if recorded)."""
+    config_path = Path(path) / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"--policy {path!r}: no config.json there; expected a checkpoint directory")
+    config = json.loads(config_path.read_text())
+    return {key: config.get(key) for key in ("camera_names", "image_size", "state_dim", "action_dim",
+                                               "chunk_size")} | {"renderer": config.get("renderer")}
+
+
+def check_policy_matches_env(settings: dict, suite: str) -> None:
+    """Refuses a checkpoint whose cameras / dims do not fit a LIBERO environment."""
+    from envs.libero_env import ACTION_DIM, CAMERAS, STATE_DIM
+
+    expected = {"camera_names": tuple(CAMERAS), "state_dim": STATE_DIM, "action_dim": ACTION_DIM}
+    unknown_cameras = [c for c in settings["camera_names"] or [] if c not in expected["camera_names"]]
+    if unknown_cameras:
+        raise ValueError(
+            f"checkpoint cameras {settings['camera_names']} include {unknown_cameras}, which "
+            f"{suite} does not provide (it has {list(expected['camera_names'])})")
+    for key in ("state_dim", "action_dim"):
+        if settings[key] != expected[key]:
+            raise ValueError(
+                f"checkpoint {key}={settings[key]} does not match {suite}'s {key}={expected[key]}")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from training.eval_protocol import EvalProtocol
+    from training.policy_specs import CheckpointPolicySpec, ExpertPolicySpec, RandomPolicySpec
+
+    try:
+        task_ids = parse_task_ids(args.tasks, args.suite)
+        if args.policy == "expert":
+            spec, image_size, renderer = ExpertPolicySpec(), args.image_size or 128, args.renderer
+        elif args.policy == "random":
+            spec, image_size, renderer = RandomPolicySpec(), args.image_size or 128, args.renderer
+        else:
+            settings = checkpoint_env_settings(args.policy)
+            check_policy_matches_env(settings, args.suite)
+            spec = CheckpointPolicySpec(args.policy, num_steps=args.num_steps,
+                                        temporal_ensemble_coeff=args.temporal_ensemble,
+                                        n_action_steps=1 if args.temporal_ensemble else None)
+            image_size = args.image_size or settings["image_size"]
+            renderer = args.renderer or settings["renderer"]
+        protocol = EvalProtocol(
+            suite=args.suite, task_ids=task_ids, episodes_per_task=args.episodes_per_task,
+            max_steps=args.max_steps, num_settle_steps=args.settle_steps, seed=args.seed,
+            image_size=image_size, renderer=renderer or "fast",
+            n_action_steps=1 if args.temporal_ensemble else args.n_action_steps,
+        )
+    except ValueError as error:
+        print(f"vla eval: error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else (
+        Path(args.policy) / f"eval_{args.suite}" if args.policy not in ("expert", "random")
+        else Path("outputs") / f"eval_{args.policy}_{args.suite}")
+    summary = evaluate_and_report(spec, protocol, out, workers=args.workers, video=args.video,
+                                  command=_command_line())
+    print(Path(out, "results.md").read_text())
+    print(f"results: {out / 'results.json'}  plot: {out / 'success.png'}")
+    return 0 if summary else 1
+
+
+def evaluate_and_report(spec, protocol, out: Path, *, workers: int, video: bool,
+                        command: str | None, progress: bool = True) -> dict:
+    from envs.suites import task_info
+    from training.eval_report import summarize, write_report
+    from training.evaluate import run_evaluation
+
+    started = time.monotonic()
+    results = run_evaluation(spec, protocol, workers=workers,
+                             video_dir=(out / "videos") if video else None, progress=progress)
+    instructions = {t: task_info(protocol.suite, t).instruction for t in protocol.task_ids}
+    summary = summarize(results, protocol, spec.describe(), instructions,
+                        time.monotonic() - started, command)
+    write_report(summary, out)
+    return summary
+
+
+# ------------------------------------------------------------------------------------ demo
+
+
+def _register_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="End to end: collect demos, train, evaluate, print the table.")
+    parser.add_argument("--out", default="outputs/demo", help="folder for dataset, run and eval")
+    parser.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from training.demo import run_demo_pipeline
+
+    return run_demo_pipeline(Path(args.out), command=_command_line())
+
+
+def _command_line() -> str:
+    return "vla " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -1,0 +1,279 @@
+"""Training samples from a LeRobot-format dataset: one observation, a chunk of future actions.
+
+The dataset is read with lerobot's ``LeRobotDataset`` (metadata, parquet columns, video
+decoding). Two things are added on top:
+
+- **Chunking.** Sample ``i`` pairs frame ``i``'s observation (n_obs_steps = 1) with actions
+  ``i .. i + chunk_size - 1`` of the same episode. Past the episode's end the last action is
+  repeated and ``action_is_pad`` is True there, so the loss can mask it::
+
+      frame:        i   i+1  i+2 ... end | (past the end)
+      action:       a_i a_i+1 ...    a_end | a_end a_end      <- repeated
+      action_is_pad F   F    ...     F     | T     T
+
+- **A decoded-frame cache.** Decoding two mp4 frames per sample costs more than a CPU training
+  step of the small model, so every camera's frames are decoded once, in order, into a uint8
+  memmap under ``<dataset>/.vla_cache/`` (built atomically; keyed by the dataset's content so
+  a changed dataset rebuilds it). Later runs and DataLoader workers share it through the page
+  cache.
+
+``validate_dataset_features`` checks the dataset against what a model config needs before any
+training starts, naming the feature, what was found and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vla.features import ACTION, ACTION_IS_PAD, OBS_IMAGE_PREFIX, OBS_STATE, TASK
+
+
+
+
+class DatasetMismatchError(ValueError):
+    """The dataset does not provide what the model config needs."""
+
+
+@dataclass(frozen=True)
+class DatasetRequirements:
+    """What a model config needs from a dataset."""
+
+    camera_names: tuple[str, ...]
+    image_size: int
+    state_dim: int
+    action_dim: int
+
+
+def load_lerobot_dataset(root: str | Path):
+    """Opens a local LeRobot dataset (offline: nothing is fetched)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = Path(root)
+    info_path = root / "meta" / "info.json"
+    if not info_path.is_file():
+        raise DatasetMismatchError(
+            f"dataset={str(root)!r} is not a LeRobot dataset: {info_path} does not exist"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return LeRobotDataset(repo_id=f"local/{root.name}", root=root, video_backend="torchcodec")
+
+
+def validate_dataset_features(features: dict, num_tasks: int, needs: DatasetRequirements,
+                              dataset_name: str = "dataset") -> None:
+    """Raises DatasetMismatchError naming the first mismatching feature."""
+    for camera in needs.camera_names:
+        key = OBS_IMAGE_PREFIX + camera
+        if key not in features:
+            found = sorted(k for k in features if k.startswith(OBS_IMAGE_PREFIX))
+            raise DatasetMismatchError(
+                f"{dataset_name} lacks feature {key!r} (camera {camera!r}); found image "
+                f"features {found}; the model config expects cameras {list(needs.camera_names)}"
+            )
+        shape = tuple(features[key]["shape"])
+        expected = (needs.image_size, needs.image_size, 3)
+        # LeRobot stores image shapes as (H, W, C); accept (C, H, W) too.
+        if shape not in (expected, (3, needs.image_size, needs.image_size)):
+            raise DatasetMismatchError(
+                f"{dataset_name} feature {key!r} has shape {shape}; the model config expects "
+                f"{expected} (image_size={needs.image_size}); collect at that size or change "
+                f"the preset's image_size"
+            )
+    for key, dim in ((OBS_STATE, needs.state_dim), (ACTION, needs.action_dim)):
+        if key not in features:
+            raise DatasetMismatchError(
+                f"{dataset_name} lacks feature {key!r}; found {sorted(features)}"
+            )
+        shape = tuple(features[key]["shape"])
+        if shape != (dim,):
+            raise DatasetMismatchError(
+                f"{dataset_name} feature {key!r} has shape {shape}; the model config expects ({dim},)"
+            )
+    if num_tasks <= 0:
+        raise DatasetMismatchError(f"{dataset_name} has an empty task list; expected >= 1 task")
+
+
+class ChunkedLeRobotDataset(Dataset):
+    """Items: images float32 (3, S, S) in [0, 1], state (S_dim,), action (H, A), pad mask (H,), task str."""
+
+    def __init__(self, root: str | Path, needs: DatasetRequirements, chunk_size: int,
+                 episodes: list[int] | None = None, progress: bool = True):
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size={chunk_size}; expected a positive integer")
+        self.root = Path(root)
+        self.needs = needs
+        self.chunk_size = chunk_size
+        lerobot_dataset = load_lerobot_dataset(self.root)
+        meta = lerobot_dataset.meta
+        validate_dataset_features(meta.features, len(meta.tasks), needs, f"dataset {str(self.root)!r}")
+        self.fps = meta.fps
+        self.meta = meta
+
+        table = lerobot_dataset.hf_dataset.with_format("numpy")
+        self._episode_index = np.asarray(table["episode_index"], dtype=np.int64)  # (N,)
+        self._frame_index = np.asarray(table["frame_index"], dtype=np.int64)  # (N,)
+        self._state = np.stack(table[OBS_STATE]).astype(np.float32)  # (N, S_dim)
+        self._action = np.stack(table[ACTION]).astype(np.float32)  # (N, A)
+        task_index = np.asarray(table["task_index"], dtype=np.int64)  # (N,)
+        task_names = {int(i): name for name, i in zip(meta.tasks.index, meta.tasks["task_index"])}
+        self._task_index = task_index
+        self._task_names = task_names
+        if not np.all(np.diff(self._episode_index) >= 0):
+            raise DatasetMismatchError(f"dataset {str(self.root)!r}: rows are not grouped by episode")
+
+        # Episode boundaries: rows [start, end) belong to one episode (rows are stored in order).
+        all_episodes, starts = np.unique(self._episode_index, return_index=True)
+        ends = np.append(starts[1:], len(self._episode_index))
+        self._episode_bounds = {int(e): (int(s), int(t)) for e, s, t in zip(all_episodes, starts, ends)}
+        chosen = sorted(self._episode_bounds) if episodes is None else sorted(episodes)
+        unknown = [e for e in chosen if e not in self._episode_bounds]
+        if unknown:
+            raise ValueError(f"episodes={unknown} not in dataset (it has {len(all_episodes)})")
+        self.episodes = chosen
+        self._rows = np.concatenate(
+            [np.arange(*self._episode_bounds[e]) for e in chosen]
+        ) if chosen else np.zeros(0, dtype=np.int64)  # (N_used,) row ids served by this view
+
+        self._frames = {
+            camera: _decoded_frames(lerobot_dataset, self.root, OBS_IMAGE_PREFIX + camera,
+                                    self._episode_bounds, progress)
+            for camera in needs.camera_names
+        }  # camera -> uint8 memmap (N, S, S, 3)
+
+    def subset(self, episodes: list[int]) -> "ChunkedLeRobotDataset":
+        """A view over some episodes, sharing arrays and frame caches (no reload, no copy)."""
+        unknown = [e for e in episodes if e not in self._episode_bounds]
+        if unknown:
+            raise ValueError(f"episodes={unknown} not in dataset {str(self.root)!r}")
+        view = copy.copy(self)
+        view.episodes = sorted(episodes)
+        view._rows = np.concatenate(
+            [np.arange(*self._episode_bounds[e]) for e in view.episodes]
+        ) if episodes else np.zeros(0, dtype=np.int64)
+        return view
+
+    @property
+    def tasks(self) -> list[str]:
+        return [self._task_names[i] for i in sorted(self._task_names)]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = int(self._rows[index])
+        episode = int(self._episode_index[row])
+        _, end = self._episode_bounds[episode]
+        chunk_rows = np.arange(row, row + self.chunk_size)  # (H,)
+        is_pad = chunk_rows >= end  # (H,)
+        chunk_rows = np.minimum(chunk_rows, end - 1)  # repeat the last action past the end
+        item = {
+            OBS_STATE: torch.from_numpy(self._state[row].copy()),  # (S_dim,)
+            ACTION: torch.from_numpy(self._action[chunk_rows]),  # (H, A)
+            ACTION_IS_PAD: torch.from_numpy(is_pad),  # (H,)
+            TASK: self._task_names[int(self._task_index[row])],
+        }
+        for camera, frames in self._frames.items():
+            image = torch.from_numpy(np.ascontiguousarray(frames[row]))  # (S, S, 3) uint8
+            item[OBS_IMAGE_PREFIX + camera] = image.permute(2, 0, 1).float() / 255.0  # (3, S, S)
+        return item
+
+
+def _cache_key(root: Path, video_key: str) -> str:
+    """Changes whenever the dataset's content changes (info + episodes metadata)."""
+    digest = hashlib.sha256()
+    digest.update((root / "meta" / "info.json").read_bytes())
+    for path in sorted((root / "meta" / "episodes").rglob("*.parquet")):
+        digest.update(path.name.encode())
+        digest.update(str(path.stat().st_size).encode())
+    digest.update(video_key.encode())
+    return digest.hexdigest()[:16]
+
+
+def _decoded_frames(lerobot_dataset, root: Path, video_key: str,
+                    episode_bounds: dict[int, tuple[int, int]], progress: bool) -> np.memmap:
+    """All frames of one camera as a uint8 (N, S, S, 3) memmap, decoded once and cached."""
+    from lerobot.datasets.video_utils import decode_video_frames
+
+    feature = lerobot_dataset.meta.features[video_key]
+    height, width = feature["shape"][0], feature["shape"][1]
+    total = max(end for _, end in episode_bounds.values())
+    cache_dir = root / ".vla_cache"
+    cache_dir.mkdir(exist_ok=True)
+    path = cache_dir / f"{video_key.replace('.', '_')}_{_cache_key(root, video_key)}.u8"
+    shape = (total, height, width, 3)
+    if path.is_file() and path.stat().st_size == int(np.prod(shape)):
+        return np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+
+    from tqdm.auto import tqdm
+
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    frames = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+    fps = lerobot_dataset.meta.fps
+    for episode, (start, end) in tqdm(sorted(episode_bounds.items()), disable=not progress,
+                                      desc=f"decoding {video_key}", unit="episode"):
+        info = lerobot_dataset.meta.episodes[episode]
+        offset = info[f"videos/{video_key}/from_timestamp"]
+        timestamps = [offset + j / fps for j in range(end - start)]
+        video_path = root / lerobot_dataset.meta.get_video_file_path(episode, video_key)
+        decoded = decode_video_frames(video_path, timestamps, 1e-4, "torchcodec")  # (T, 3, H, W)
+        frames[start:end] = (decoded.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    frames.flush()
+    del frames
+    os.replace(tmp, path)  # atomic: readers only ever see a complete cache
+    for stale in cache_dir.glob(f"{video_key.replace('.', '_')}_*.u8"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+
+
+def dataset_stats(dataset: ChunkedLeRobotDataset) -> dict[str, dict[str, np.ndarray]]:
+    """Normalization statistics of state and action over the used episodes (LeRobot's names)."""
+    rows = dataset._rows
+    stats = {}
+    for key, values in ((OBS_STATE, dataset._state[rows]), (ACTION, dataset._action[rows])):
+        stats[key] = {
+            "mean": values.mean(0),
+            "std": values.std(0),
+            "min": values.min(0),
+            "max": values.max(0),
+            "q01": np.quantile(values, 0.01, axis=0),
+            "q99": np.quantile(values, 0.99, axis=0),
+            "count": np.array([len(values)]),
+        }
+    return stats
+
+
+def split_episodes(episodes: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Held-out validation episodes (none when the dataset is too small to spare any)."""
+    n_val = int(round(len(episodes) * val_fraction))
+    if n_val == 0 or len(episodes) - n_val < 1:
+        return list(episodes), []
+    rng = np.random.default_rng(seed)
+    shuffled = list(rng.permutation(episodes))
+    return sorted(int(e) for e in shuffled[n_val:]), sorted(int(e) for e in shuffled[:n_val])
+
+
+def collate(items: list[dict]) -> dict:
+    """Stacks tensors; keeps the instruction strings as a list (tokenized by the policy transforms)."""
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        batch[key] = values if isinstance(values[0], str) else torch.stack(values)
+    return batch
+
+
+def describe(dataset: ChunkedLeRobotDataset) -> dict:
+    return {
+        "root": str(dataset.root.resolve()),
+        "episodes": len(dataset.episodes),
+        "frames": len(dataset),
+        "fps": dataset.fps,
+        "tasks": dataset.tasks,
+    }

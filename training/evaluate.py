@@ -1,0 +1,191 @@
+"""LIBERO evaluation runner: any Policy, the standard protocol, episodes in worker processes.
+
+One episode, as the published evaluation scripts run it (REFERENCES.md section 1):
+
+    reset to init state k  ->  settle: num_settle_steps x no-op [0,0,0,0,0,0,-1]
+    ->  loop until success or max_steps policy steps:
+            chunk = policy.infer(obs)["actions"]            # (H, A)
+            execute chunk[:n_action_steps] (all H if None)  # open loop, one env step each
+
+Episodes are independent jobs. Workers are spawned processes (LIBERO hangs under fork, see
+PLATFORM.md) that each build the policy once from a picklable spec and keep one environment per
+task, so the 8-14 s environment creation is paid once per worker and task.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.eval_protocol import EvalProtocol
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    task_id: int
+    episode: int  # 0-based index within the task; uses init state first_init_state + episode
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    task_id: int
+    episode: int
+    init_state: int
+    seed: int
+    success: bool
+    steps: int  # policy steps taken (settle steps excluded)
+    policy_calls: int
+    wall_s: float
+    error: str | None = None
+    video: str | None = None
+
+
+# Per-worker state, set by _worker_init (each spawned process has its own copy).
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(policy_spec: Any, protocol: EvalProtocol, video_dir: str | None) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import torch
+
+    # One thread per worker: workers are the parallelism; oversubscription slows everyone.
+    torch.set_num_threads(1)
+    _WORKER.update(
+        policy_spec=policy_spec, protocol=protocol, video_dir=video_dir, envs={}, policies={}
+    )
+
+
+def _env_and_policy(task_id: int) -> tuple[Any, Any]:
+    import envs
+
+    cache = _WORKER["envs"]
+    if task_id not in cache:
+        # Keep one task's env at a time: each holds a MuJoCo model and renderer (~100s of MB).
+        for old in list(cache):
+            cache.pop(old).close()
+            _WORKER["policies"].pop(old, None)
+        protocol: EvalProtocol = _WORKER["protocol"]
+        cache[task_id] = envs.make_libero_env(
+            protocol.suite,
+            task_id,
+            image_size=protocol.image_size,
+            renderer=protocol.renderer,
+            # The runner enforces the step limit itself; the env must not truncate earlier.
+            max_episode_steps=protocol.resolved_max_steps + protocol.num_settle_steps + 1,
+        )
+        _WORKER["policies"][task_id] = _WORKER["policy_spec"].build(cache[task_id])
+    return cache[task_id], _WORKER["policies"][task_id]
+
+
+def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
+                video_dir: str | None = None) -> EpisodeResult:
+    """Runs one episode of the standard protocol; never raises for policy errors."""
+    import torch
+
+    start = time.monotonic()
+    init_state = protocol.first_init_state + job.episode
+    seed = protocol.seed * 100_000 + job.task_id * 1_000 + job.episode
+    torch.manual_seed(seed)  # policies that sample noise from torch's global RNG stay reproducible
+    frames: list[np.ndarray] = []
+    steps = calls = 0
+    success = False
+    error = None
+    try:
+        # The env runs the settle steps (no-op SETTLE_ACTION) itself, uncounted.
+        obs, info = env.reset(seed=seed, options={"init_state": init_state,
+                                                  "settle_steps": protocol.num_settle_steps})
+        policy.reset()
+        max_steps = protocol.resolved_max_steps
+        while steps < max_steps and not success:
+            chunk = np.asarray(policy.infer(obs)["actions"], dtype=np.float32)  # (H, A)
+            calls += 1
+            if chunk.ndim != 2 or chunk.shape[0] == 0:
+                raise ValueError(f"policy returned actions of shape {chunk.shape}; expected (H, A)")
+            n_execute = chunk.shape[0] if protocol.n_action_steps is None else min(
+                protocol.n_action_steps, chunk.shape[0]
+            )
+            for action in chunk[:n_execute]:
+                obs, _, _, _, info = env.step(action)
+                steps += 1
+                if video_dir is not None:
+                    frames.append(obs["observation.images.agentview"])
+                if info.get("is_success", False):
+                    success = True
+                    break
+                if steps >= max_steps:
+                    break
+    except Exception as exc:  # a policy crash is a failed episode, recorded with its cause
+        error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+    video_path = None
+    if video_dir is not None and frames:
+        import imageio.v3 as iio
+
+        video_path = str(
+            Path(video_dir) / f"task{job.task_id:02d}_ep{job.episode:03d}_{'ok' if success else 'fail'}.mp4"
+        )
+        iio.imwrite(video_path, np.stack(frames), fps=20, codec="libx264")
+    return EpisodeResult(
+        task_id=job.task_id, episode=job.episode, init_state=init_state, seed=seed,
+        success=success, steps=steps, policy_calls=calls,
+        wall_s=time.monotonic() - start, error=error, video=video_path,
+    )
+
+
+def _worker_run(job: EpisodeJob) -> EpisodeResult:
+    env, policy = _env_and_policy(job.task_id)
+    return run_episode(env, policy, _WORKER["protocol"], job, _WORKER["video_dir"])
+
+
+def _close_worker_envs() -> None:
+    for env in _WORKER.get("envs", {}).values():
+        env.close()
+    _WORKER.get("envs", {}).clear()
+
+
+def run_evaluation(policy_spec: Any, protocol: EvalProtocol, *, workers: int = 2,
+                   video_dir: str | Path | None = None, progress: bool = True) -> list[EpisodeResult]:
+    """All episodes of ``protocol``; ``workers=0`` runs them in this process (debugging, tests)."""
+    jobs = [EpisodeJob(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)]
+    video_dir = str(video_dir) if video_dir is not None else None
+    if video_dir is not None:
+        Path(video_dir).mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="eval episodes", unit="ep", disable=not progress)
+    results: list[EpisodeResult] = []
+
+    def record(result: EpisodeResult) -> None:
+        results.append(result)
+        done = sum(r.success for r in results)
+        bar.set_postfix(success=f"{done}/{len(results)}")
+        bar.update(1)
+
+    try:
+        if workers == 0:
+            _worker_init(policy_spec, protocol, video_dir)
+            try:
+                for job in jobs:
+                    record(_worker_run(job))
+            finally:
+                _close_worker_envs()
+        else:
+            context = multiprocessing.get_context("spawn")
+            with futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_worker_init,
+                initargs=(policy_spec, protocol, video_dir),
+            ) as pool:
+                pending = [pool.submit(_worker_run, job) for job in jobs]
+                for future in futures.as_completed(pending):
+                    record(future.result())
+    finally:
+        bar.close()
+    results.sort(key=lambda r: (r.task_id, r.episode))
+    return results
