@@ -99,6 +99,34 @@ class PolicyMetadata:
         """The raw-observation check matching this policy (images of any size are accepted)."""
         return ObservationSpec(camera_names=self.camera_names, state_dim=self.state_dim)
 
+    def check_compatible(
+        self,
+        *,
+        camera_names: Any = None,
+        state_dim: int | None = None,
+        action_dim: int | None = None,
+        where: str = "environment",
+    ) -> None:
+        """Refuse a policy that cannot run against `where` (an env, a robot): raise ValueError
+        naming the field, the policy's value and what `where` offers. Arguments left None are
+        not checked. The environment may offer more cameras than the policy uses."""
+        problems = []
+        if camera_names is not None:
+            missing = [c for c in self.camera_names if c not in tuple(camera_names)]
+            if missing:
+                problems.append(
+                    f"camera_names: the policy needs {list(self.camera_names)} but the {where} "
+                    f"offers {list(camera_names)} (missing {missing})"
+                )
+        if state_dim is not None and state_dim != self.state_dim:
+            problems.append(f"state_dim: the policy expects {self.state_dim}, the {where} gives {state_dim}")
+        if action_dim is not None and action_dim != self.action_dim:
+            problems.append(
+                f"action_dim: the policy produces {self.action_dim}, the {where} takes {action_dim}"
+            )
+        if problems:
+            raise ValueError(f"policy does not match the {where}: " + "; ".join(problems))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (lists instead of tuples)."""
         out = dataclasses.asdict(self)

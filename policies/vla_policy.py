@@ -59,7 +59,9 @@ class VLAPolicy:
         num_steps: int | None = None,
         seed: int | None = None,
     ) -> None:
-        if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
+        if num_steps is not None and (
+            isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1
+        ):
             raise ValueError(f"num_steps={num_steps!r}: expected a positive int or None")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"seed={seed!r}: expected an int or None")
@@ -95,7 +97,8 @@ class VLAPolicy:
         """Load a checkpoint directory written by `VLAModel.save_pretrained` / `VLAPolicy.save`."""
         from vla import VLAModel
 
-        return cls(VLAModel.from_pretrained(directory), device=device, num_steps=num_steps, seed=seed)
+        model = VLAModel.from_pretrained(directory, map_location=device)
+        return cls(model, device=device, num_steps=num_steps, seed=seed)
 
     def save(self, directory: str | Path) -> None:
         """Write the model's checkpoint (config.json, model.safetensors, stats)."""

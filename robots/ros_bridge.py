@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import concurrent.futures
 import json
 import logging
 import math
@@ -136,6 +137,10 @@ class RosBridgeConfig:
     send_timeout_s: float = 1.0
     close_timeout_s: float = 2.0
     stale_after_s: float = 0.5
+    # Websocket keepalive: a silent network (cable pulled) becomes a dropped connection after
+    # ping_interval_s + ping_timeout_s instead of hanging; None disables it.
+    ping_interval_s: float | None = 5.0
+    ping_timeout_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -159,8 +164,10 @@ class RosBridgeConfig:
         if len(set(topics)) != len(topics):
             raise ValueError(f"topics {topics!r}: state, command and camera topics must all differ")
         for name in ("trajectory_time_s", "connect_timeout_s", "first_message_timeout_s",
-                     "send_timeout_s", "close_timeout_s", "stale_after_s"):
+                     "send_timeout_s", "close_timeout_s", "stale_after_s", "ping_timeout_s"):
             _check_positive(name, getattr(self, name))
+        if self.ping_interval_s is not None:
+            _check_positive("ping_interval_s", self.ping_interval_s)
         if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes={self.max_message_bytes!r}: expected an int >= 1024")
         if not isinstance(self.task, str):
@@ -231,6 +238,7 @@ class _Connection:
     thread: threading.Thread
     ws: Any = None
     closed_reason: str | None = None
+    subscription_ids: dict[str, str] = field(default_factory=dict)  # topic -> id of its subscribe
     latest: dict[str, _Latest] = field(default_factory=dict)
     server_errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
 
@@ -285,7 +293,7 @@ class RosBridgeRobot(Robot):
             future.cancel()
             self._shutdown(conn)
             self._conn = None
-            reason = "timed out" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else f"{type(exc).__name__}: {exc}"
+            reason = "timed out" if isinstance(exc, (TimeoutError, asyncio.TimeoutError, concurrent.futures.TimeoutError)) else f"{type(exc).__name__}: {exc}"
             raise RosBridgeConnectionError(
                 f"rosbridge unreachable at {cfg.url} ({reason}) within connect_timeout_s="
                 f"{cfg.connect_timeout_s}; is a rosbridge server running there "
@@ -440,17 +448,18 @@ class RosBridgeRobot(Robot):
 
         cfg = self.config
         ws = await asyncio.wait_for(
-            connect(cfg.url, max_size=cfg.max_message_bytes, open_timeout=None, ping_interval=None),
+            connect(cfg.url, max_size=cfg.max_message_bytes, open_timeout=None,
+                    ping_interval=cfg.ping_interval_s, ping_timeout=cfg.ping_timeout_s),
             timeout=cfg.connect_timeout_s,
         )
         requests = [
-            {"op": "advertise", "id": self._next_id("advertise"), "topic": cfg.command_topic, "type": cfg.command_type},
-            {"op": "subscribe", "id": self._next_id("subscribe"), "topic": cfg.joint_state_topic,
-             "type": cfg.joint_state_type, "queue_length": 1},
+            {"op": "advertise", "id": self._next_id("advertise"), "topic": cfg.command_topic, "type": cfg.command_type}
         ]
-        for cam in cfg.cameras:
-            requests.append({"op": "subscribe", "id": self._next_id("subscribe"), "topic": cam.topic,
-                             "type": cam.type, "queue_length": 1})
+        types = {cfg.joint_state_topic: cfg.joint_state_type, **{c.topic: c.type for c in cfg.cameras}}
+        for topic in self._state_topics:
+            conn.subscription_ids[topic] = self._next_id("subscribe")
+            requests.append({"op": "subscribe", "id": conn.subscription_ids[topic], "topic": topic,
+                             "type": types[topic], "queue_length": 1})
         for request in requests:
             await ws.send(json.dumps(request))
         conn.ws = ws
@@ -498,8 +507,8 @@ class RosBridgeRobot(Robot):
         cfg = self.config
         ws = conn.ws
         try:
-            for topic in self._state_topics:
-                await ws.send(json.dumps({"op": "unsubscribe", "id": self._next_id("unsubscribe"), "topic": topic}))
+            for topic, sub_id in conn.subscription_ids.items():  # the id names the subscription
+                await ws.send(json.dumps({"op": "unsubscribe", "id": sub_id, "topic": topic}))
             await ws.send(json.dumps({"op": "unadvertise", "id": self._next_id("unadvertise"), "topic": cfg.command_topic}))
         finally:
             await ws.close()

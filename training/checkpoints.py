@@ -6,6 +6,7 @@ Layout under ``RUN/checkpoints/``::
         config.json            } the EMA model in the model's own checkpoint format: this
         model.safetensors      } folder is directly loadable by VLAModel.from_pretrained and
         stats.json             } VLAPolicy.from_checkpoint (EMA weights are used for evaluation)
+        provenance.json        the training data: dataset path, collection settings (renderer)
         training_state/
             model.safetensors      raw (non-EMA) weights
             optimizer.safetensors  optimizer state tensors, flattened
@@ -34,6 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STEP_DIGITS = 8
+PROVENANCE_FILE = "provenance.json"  # dataset + collection settings (renderer, image size)
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ def restore_rng_state(state: dict) -> None:
 
 def save_checkpoint(checkpoints_dir: Path, *, step: int, ema_model: Any, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, ema_state: dict,
-                    metric: float | None, extra: dict, keep_last: int) -> Path:
+                    metric: float | None, extra: dict, keep_last: int,
+                    provenance: dict | None = None) -> Path:
     """Writes one checkpoint atomically, updates last/best, prunes old ones; returns its path."""
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / checkpoint_name(step)
@@ -122,6 +125,8 @@ def save_checkpoint(checkpoints_dir: Path, *, step: int, ema_model: Any, model: 
     # The EMA model saves itself in the model format (it may write atomically on its own,
     # into a folder that does not exist yet).
     ema_model.save_pretrained(tmp)
+    if provenance is not None:
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     state_dir = tmp / "training_state"
     state_dir.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},

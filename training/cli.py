@@ -141,8 +141,13 @@ def checkpoint_env_settings(path: str) -> dict:
     if not config_path.is_file():
         raise ValueError(f"--policy {path!r}: no config.json there; expected a checkpoint directory")
     config = json.loads(config_path.read_text())
+    provenance_path = Path(path) / "provenance.json"
+    collection = {}
+    if provenance_path.is_file():
+        collection = json.loads(provenance_path.read_text()).get("collection", {})
+    renderer = collection.get("renderer") or collection.get("plan", {}).get("renderer")
     return {key: config.get(key) for key in ("camera_names", "image_size", "state_dim", "action_dim",
-                                               "chunk_size")} | {"renderer": config.get("renderer")}
+                                               "chunk_size")} | {"renderer": renderer}
 
 
 def check_policy_matches_env(settings: dict, suite: str) -> None:

@@ -268,6 +268,13 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
         tokenizer=raw_model.tokenizer, device=accelerator.device,
     ))
 
+    # Where the training data came from (suite, renderer, image size...), stored in every
+    # checkpoint so evaluation can use the same render settings as collection.
+    provenance = {"dataset": str(Path(dataset_dir).resolve()), "train_steps": train_config.steps}
+    collection_meta = Path(dataset_dir) / "meta" / "collection.json"
+    if collection_meta.is_file():
+        provenance["collection"] = json.loads(collection_meta.read_text())
+
     metrics_path = run_dir / "metrics.jsonl"
     writer = None
     if is_main:
@@ -336,6 +343,7 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
                     best_metric = metric
                 save_checkpoint(
                     checkpoints_dir, step=step, ema_model=ema.model, model=raw_model,
+                    provenance=provenance,
                     optimizer=optimizer, scheduler=scheduler, ema_state=ema.state_dict(),
                     metric=metric, keep_last=train_config.keep_last,
                     extra={"best_metric": best_metric, "train_config": train_config.to_dict()},

@@ -140,7 +140,7 @@ def load_model(directory: str | Path, *, map_location: str | torch.device = "cpu
     for key, per_key in saved_stats.items():
         for stat, value in per_key.items():
             given = stats.get(key, {}).get(stat)
-            if given is None or not torch.allclose(torch.tensor(value), torch.tensor(given, dtype=torch.float64),
+            if given is None or not torch.allclose(torch.tensor(value, dtype=torch.float64), torch.tensor(given, dtype=torch.float64),
                                                    rtol=1e-5, atol=1e-6):
                 raise CheckpointError(
                     f"{root / STATS_FILE} disagrees with the stats in {WEIGHTS_FILE} at "

@@ -310,6 +310,10 @@ class VLAConfig:
         if isinstance(self.vision, ScratchVisionConfig):
             _check(self.image_size % self.vision.patch_size == 0, where, "image_size",
                    self.image_size, f"a multiple of vision.patch_size={self.vision.patch_size}")
+        if isinstance(self.language, ScratchLanguageConfig) and self.routing.aggregation is not None:
+            heads = self.routing.aggregation.num_heads
+            _check(self.language.dim % heads == 0, where, "routing.aggregation.num_heads", heads,
+                   f"a divisor of the backbone width language.dim={self.language.dim}")
         if self.head is None:
             from vla.heads import DiffusionHeadConfig
 

@@ -170,16 +170,20 @@ def _pruned_layer(backbone, i, x, key_mask, position_ids, ctx, visual, text_len,
     ctxk = None
     if ctx is not None:  # rotary (cos, sin), each (B, N, hd): the kept rows
         ctxk = tuple(t.gather(1, keep.unsqueeze(-1).expand(-1, -1, t.shape[-1])) for t in ctx)
-    yk = backbone.run_layer(i, xk, maskk, posk, ctxk)  # (B, n_keep, D)
-    # Mixture-of-Depths gradient path: scale the kept visual tokens' update by their router
-    # probability. We use p - stopgrad(p) + 1, whose value is exactly 1 (so a pretrained layer's
-    # output is unchanged and budget 1.0 equals routing off) while its gradient w.r.t. the
-    # router equals that of MoD's p * update at p = 1: the router learns to rank tokens by how
-    # much their update lowers the loss.
+    # Gradient path to the router (top-k itself has none). With p the keep probability of a
+    # kept visual token, s = 1 + p - stopgrad(p) has value exactly 1 and gradient 1 w.r.t. p.
+    # - The layer's update of the token is multiplied by s (Mixture-of-Depths, as CogVLA):
+    #   dL/dp += <dL/dy, update>, "does this token's update help".
+    # - The token's input to the layer is multiplied by s too: dL/dp += <dL/dx_in, x>, which
+    #   also covers its use as key/value by the readout tokens ("is it worth attending to"),
+    #   the only signal a router at the last layer can get.
+    # Being exactly 1 in value, s leaves a pretrained layer's output unchanged and makes every
+    # token kept (budget 1.0) identical to routing off.
     prob = torch.sigmoid(scores.gather(1, top))  # (B, k)
-    extra = torch.zeros(b, keep.shape[1], 1, dtype=x.dtype, device=x.device)
-    extra[:, visual.start: visual.start + k, 0] = prob - prob.detach()
-    yk = yk + (yk - xk) * extra  # value: yk exactly
+    scale = torch.ones(b, keep.shape[1], 1, dtype=x.dtype, device=x.device)
+    scale[:, visual.start: visual.start + k, 0] = 1 + prob - prob.detach()
+    yk = backbone.run_layer(i, xk * scale, maskk, posk, ctxk)  # (B, n_keep, D)
+    yk = yk + (yk - xk) * (scale - 1)  # value: yk exactly
     trace.tokens_per_layer.append(keep.shape[1])
     trace.visual_kept_per_layer.append(k)
     trace.kept_indices[i] = top

@@ -108,7 +108,7 @@ def load_vision_tower(path: str, *, load_weights: bool) -> nn.Module:
     vision_config = hf_config.vision_config if full else hf_config
     # SigLIP's attention-pooling head is unused here (we take the patch tokens): dropping it
     # keeps every trainable parameter on the gradient path.
-    if hasattr(vision_config, "vision_use_head"):
+    if "siglip" in getattr(vision_config, "model_type", ""):
         vision_config.vision_use_head = False
     if not load_weights:
         model = AutoModel.from_config(vision_config)

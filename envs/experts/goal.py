@@ -115,7 +115,7 @@ def _owner(target: str, object_names: list[str] | None) -> str:
 def parse_bddl_goal(bddl: str | Path) -> PickPlaceGoal:
     """Parses a BDDL file path, or BDDL text, into its pick-and-place goal."""
     text = str(bddl)
-    if "(:goal" not in text:
+    if not text.lstrip().startswith("("):  # BDDL text always opens with "(define" / "(:goal"
         text = Path(bddl).read_text()
     return goal_from_atoms(_flatten_and(_goal_block(text)))
 

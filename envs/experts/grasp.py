@@ -113,8 +113,13 @@ def plan_grasp(
     grasp_depth: float = 0.03,
     table_clearance: float = 0.004,
     rim_depth: float = 0.02,
+    rotation_cost=None,
 ) -> Grasp:
-    """Plans a top-down grasp of object ``name`` from its current geometry."""
+    """Plans a top-down grasp of object ``name`` from its current geometry.
+
+    ``rotation_cost(finger_angle) -> float`` (metres-equivalent) lets the caller prefer rim
+    points that need little wrist rotation.
+    """
     box = scene.object_box(name)
     points = footprint_points(scene, name)
     center = box.center
@@ -136,6 +141,8 @@ def plan_grasp(
         pos = np.array([*(center[:2] + wall_radius * direction), z])
         free = min(clearance(gripper_points(pos, theta), obstacles), 0.05)
         score = free + 0.01 * float(direction @ to_robot)
+        if rotation_cost is not None:
+            score -= rotation_cost(float(theta))
         if score > best_score:
             best, best_score = Grasp(pos, float(theta), "rim"), score
     assert best is not None

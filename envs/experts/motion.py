@@ -54,14 +54,28 @@ def yaw_rotation(yaw: float) -> np.ndarray:  # (3, 3) rotation about world z
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def grasp_orientation(finger_axis_angle: float) -> np.ndarray:  # (3, 3)
-    """Top-down gripper orientation whose fingers open along world angle ``finger_axis_angle``.
+def finger_angle_of(rot: np.ndarray) -> float:
+    """World angle of a gripper orientation's finger axis (its x column projected on the table)."""
+    return float(np.arctan2(rot[1, 0], rot[0, 0]))
 
-    The finger axis is symmetric under a half turn, so of the two equivalent yaws the one
-    nearest the home pose is chosen (no needless wrist spins).
+
+def choose_yaw(
+    finger_angle: float, current_yaw: float, yaw_low: float = -np.inf, yaw_high: float = np.inf
+) -> float:
+    """Yaw (rotation about world z from :data:`DOWN`) that puts the fingers along ``finger_angle``.
+
+    The finger axis is symmetric under a half turn, so every ``finger_angle - pi/2 + n*pi`` works;
+    the one nearest ``current_yaw`` inside ``[yaw_low, yaw_high]`` (the wrist joint's reachable
+    range) is chosen, so the wrist never spins further than needed or into its joint limit.
     """
-    yaw = finger_axis_angle - np.pi / 2  # DOWN's finger axis is at +90 degrees
-    yaw = (yaw + np.pi / 2) % np.pi - np.pi / 2  # wrap into [-pi/2, pi/2)
+    base = finger_angle - np.pi / 2  # DOWN's finger axis is at +90 degrees
+    candidates = [base + n * np.pi for n in range(-3, 4)]
+    feasible = [y for y in candidates if yaw_low <= y <= yaw_high] or candidates
+    return float(min(feasible, key=lambda y: abs(y - current_yaw)))
+
+
+def grasp_orientation(yaw: float) -> np.ndarray:  # (3, 3)
+    """Top-down gripper orientation turned by ``yaw`` about world z from :data:`DOWN`."""
     return yaw_rotation(yaw) @ DOWN
 
 

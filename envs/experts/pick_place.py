@@ -24,7 +24,14 @@ import numpy as np
 
 from envs.experts.goal import PickPlaceGoal, goal_from_env
 from envs.experts.grasp import FINGERTIP_BELOW, Grasp, obstacle_boxes, plan_grasp
-from envs.experts.motion import MotionConfig, PoseController, grasp_orientation
+from envs.experts.motion import (
+    MotionConfig,
+    PoseController,
+    choose_yaw,
+    finger_angle_of,
+    grasp_orientation,
+    rotation_error,
+)
 from envs.experts.scene import Scene, unwrap_libero_env
 
 OPEN, CLOSE = -1.0, 1.0
@@ -48,6 +55,10 @@ class ExpertConfig:
     max_regrasps: int = 2
     position_tolerance: float = 0.01
     yaw_tolerance: float = 0.08
+    wrist_margin: float = 0.25  # rad kept from the wrist joint's limits
+    slow_zone: float = 0.03  # the last metres of a vertical approach run at fine_speed
+    aim_below: float = 0.01  # vertical moves aim this far past their stop height ...
+    arrive_tolerance: float = 0.003  # ... and stop within this of it
     motion: MotionConfig = MotionConfig()
 
     def __post_init__(self) -> None:
@@ -62,6 +73,10 @@ class ExpertConfig:
             "retreat_height",
             "position_tolerance",
             "yaw_tolerance",
+            "wrist_margin",
+            "aim_below",
+            "slow_zone",
+            "arrive_tolerance",
         ):
             value = getattr(self, field)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
@@ -102,9 +117,10 @@ class ScriptedExpert:
         self.regrasps = 0
         self.grasp: Grasp | None = None
         self.grip = OPEN
-        self._targets: dict[str, np.ndarray] = {}
+        self._targets: dict = {}  # per-phase memory: fixed targets, recent eef positions
         self._held_offset = np.zeros(3)  # object position minus grip site, while held
         self._held_bottom = 0.0  # object's lowest point minus grip-site height, while held
+        self._yaw = self._current_yaw()
 
     def act(self, obs=None) -> np.ndarray:  # (7,) float32
         for _ in range(len(PHASES)):  # a phase may finish instantly; bounded re-dispatch
@@ -126,8 +142,36 @@ class ScriptedExpert:
     def _reached(self, pos: np.ndarray, tol: float | None = None) -> bool:
         return bool(np.linalg.norm(self.scene.eef_pos() - pos) < (tol or self.config.position_tolerance))
 
+    def _stalled(self, eef: np.ndarray, window: int = 5, distance: float = 0.0015) -> bool:
+        """The gripper moved less than ``distance`` over the last ``window`` steps of this phase
+        (it is resting on something: the object, the support, the table)."""
+        history = self._targets.setdefault("history", [])
+        history.append(eef.copy())
+        if len(history) <= window:
+            return False
+        return bool(np.linalg.norm(history[-1] - history[-1 - window]) < distance)
+
+    def _vertical_speed(self, remaining: float) -> float:
+        """Speed cap for a vertical approach: fast while far, slow for the last centimetres."""
+        cfg = self.config
+        if remaining > cfg.slow_zone + 0.06:
+            return cfg.travel_speed
+        return cfg.descend_speed if remaining > cfg.slow_zone else cfg.fine_speed
+
     def _rot(self) -> np.ndarray:
-        return grasp_orientation(self.grasp.finger_angle if self.grasp else np.pi / 2)
+        return grasp_orientation(self._yaw)
+
+    def _current_yaw(self) -> float:
+        return finger_angle_of(self.scene.eef_rot()) - np.pi / 2  # DOWN's fingers are at +90 deg
+
+    def _yaw_for(self, finger_angle: float) -> float:
+        """Grasp yaw within the wrist joint's range (a yaw of +d turns the wrist joint by -d)."""
+        current = self._current_yaw()
+        qpos, low, high = self.scene.wrist_joint()
+        margin = self.config.wrist_margin
+        return choose_yaw(
+            finger_angle, current, current + qpos - high + margin, current + qpos - low - margin
+        )
 
     def _robot_xy(self) -> np.ndarray:
         sim = self.scene.sim
@@ -163,15 +207,19 @@ class ScriptedExpert:
     def _approach(self):
         cfg = self.config
         if "pos" not in self._targets:
-            self.grasp = plan_grasp(self.scene, self.goal.obj, robot_xy=self._robot_xy())
+            self.grasp = plan_grasp(
+                self.scene,
+                self.goal.obj,
+                robot_xy=self._robot_xy(),
+                rotation_cost=lambda a: 0.005 * abs(self._yaw_for(a) - self._current_yaw()),
+            )
+            self._yaw = self._yaw_for(self.grasp.finger_angle)
             eef = self.scene.eef_pos()
             top = self._obstacle_top(eef[:2], self.grasp.pos[:2], 0.06, exclude=(self.goal.obj,))
             hover = max(self.grasp.pos[2] + cfg.hover_above, top + FINGERTIP_BELOW + cfg.safe_margin)
             self._targets["pos"] = np.array([*self.grasp.pos[:2], hover])
         self.grip = OPEN
         target = self._targets["pos"]
-        from envs.experts.motion import rotation_error
-
         yaw_ok = np.linalg.norm(rotation_error(self._rot(), self.scene.eef_rot())) < cfg.yaw_tolerance
         if self._reached(target, 0.015) and yaw_ok:
             self._enter("descend")
@@ -181,12 +229,13 @@ class ScriptedExpert:
     def _descend(self):
         cfg = self.config
         target = self.grasp.pos
-        near = self.scene.eef_pos()[2] - target[2] < 0.03
-        stalled = self.phase_steps > 60
-        if self._reached(target, 0.006) or stalled:
+        eef = self.scene.eef_pos()
+        if eef[2] <= target[2] + cfg.arrive_tolerance or self._stalled(eef):
             self._enter("grasp")
             return None
-        return self._move(target, self._rot(), cfg.fine_speed if near else cfg.descend_speed)
+        # Aim a little below the grasp point so the proportional approach does not crawl in.
+        aim = target - np.array([0.0, 0.0, cfg.aim_below])
+        return self._move(aim, self._rot(), self._vertical_speed(eef[2] - target[2]))
 
     def _grasp(self):
         self.grip = CLOSE
@@ -242,11 +291,11 @@ class ScriptedExpert:
         xy = place_xy - self._held_offset[:2]
         target = np.array([*xy, support - self._held_bottom])
         eef = self.scene.eef_pos()
-        if self._reached(target, 0.008) or self.phase_steps > 60:
+        if eef[2] <= target[2] + cfg.arrive_tolerance or self._stalled(eef):
             self._enter("release")
             return None
-        speed = cfg.fine_speed if eef[2] - target[2] < 0.04 else cfg.descend_speed
-        return self._move(target, self._rot(), speed)
+        aim = target - np.array([0.0, 0.0, cfg.aim_below])
+        return self._move(aim, self._rot(), self._vertical_speed(eef[2] - target[2]))
 
     def _release(self):
         self.grip = OPEN

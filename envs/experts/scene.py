@@ -75,6 +75,13 @@ class Scene:
         qpos = self.gripper_qpos()
         return float(qpos[0] - qpos[1])
 
+    def wrist_joint(self) -> tuple[float, float, float]:
+        """The last arm joint (rotates the hand about its approach axis): qpos, low, high."""
+        qpos_index = self.robot._ref_joint_pos_indexes[-1]
+        joint_index = self.robot._ref_joint_indexes[-1]
+        low, high = self.sim.model.jnt_range[joint_index]
+        return float(self.sim.data.qpos[qpos_index]), float(low), float(high)
+
     def controller_output_max(self) -> np.ndarray:  # (6,) metres / radians per action unit
         return np.asarray(self.robot.controller.output_max, dtype=np.float64)
 

@@ -227,7 +227,7 @@ def test_vla_policy_is_the_documented_pipeline(checkpoint):
     policy = VLAPolicy.from_checkpoint(directory, num_steps=NUM_STEPS, seed=0)
     obs = make_obs(config, 3)
     noise = torch.randn(config.chunk_size, config.action_dim, generator=torch.Generator().manual_seed(5))
-    got = policy.infer(obs, noise=noise.numpy())
+    got = policy.infer(obs, noise=noise.numpy())["actions"]
     model = policy.model
     batch = compose(inference_input_transforms(
         camera_names=config.camera_names, image_size=config.image_size, tokenizer=model.tokenizer))(obs)
@@ -277,3 +277,15 @@ def test_vla_policy_rejects_bad_settings(checkpoint):
         VLAPolicy.from_checkpoint(directory, num_steps=0)
     with pytest.raises(ValueError, match="seed"):
         VLAPolicy.from_checkpoint(directory, seed="zero")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_vla_policy_on_cuda_matches_cpu(checkpoint):
+    """Noise comes from a CPU generator, so CUDA and CPU see the same noise and agree closely."""
+    directory, config = checkpoint
+    cpu = rollout(VLAPolicy.from_checkpoint(directory, num_steps=NUM_STEPS, seed=0), config)
+    cuda = rollout(VLAPolicy.from_checkpoint(directory, device="cuda", num_steps=NUM_STEPS, seed=0), config)
+    for a, b in zip(cpu, cuda):
+        assert b.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)

@@ -98,3 +98,13 @@ def test_metadata_json_round_trip():
     assert PolicyMetadata.from_dict(meta.to_dict()) == meta
     with pytest.raises(ValueError, match="unknown fields"):
         PolicyMetadata.from_dict({**meta.to_dict(), "bogus": 1})
+
+
+def test_metadata_check_compatible():
+    meta = PolicyMetadata(camera_names=("agentview", "wrist"), image_size=8, state_dim=8, action_dim=7, chunk_size=4)
+    meta.check_compatible(camera_names=("wrist", "agentview", "extra"), state_dim=8, action_dim=7)
+    with pytest.raises(ValueError, match=r"camera_names: .* \(missing \['wrist'\]\)"):
+        meta.check_compatible(camera_names=("agentview",))
+    with pytest.raises(ValueError, match=r"action_dim: the policy produces 7, the robot takes 6") as info:
+        meta.check_compatible(state_dim=9, action_dim=6, where="robot")
+    assert "state_dim: the policy expects 8" in str(info.value)

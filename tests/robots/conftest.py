@@ -9,9 +9,9 @@
   fake arm node (tests/robots/ros_nodes/fake_arm.py, rclpy) under the namespace
   `/<run token>/<name>` so that tests never share an arm and parallel runs never share topics.
 
-Every process is bounded: `timeout` kills it after PROCESS_LIFETIME_S whatever happens, the
-kernel sends it SIGTERM if pytest dies (PR_SET_PDEATHSIG), and teardown terminates it (then
-kills it after 5 s).
+Every process is bounded: the kernel sends it SIGTERM if pytest dies (PR_SET_PDEATHSIG), a
+timer kills it after PROCESS_LIFETIME_S if pytest hangs, teardown terminates it (then kills it
+after 5 s), and the fake arm also exits by itself after its --lifetime.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class RosProcess:
     name: str
     proc: subprocess.Popen
     log: Path
+    timer: threading.Timer | None = None  # kills the process after PROCESS_LIFETIME_S
 
     def tail(self, n: int = 30) -> str:
         try:
@@ -73,13 +75,23 @@ class RosProcess:
         except OSError:
             return "<no log>"
 
-    def stop(self) -> None:
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the process's whole group (it runs in a session of its own)."""
         if self.proc.poll() is None:
-            self.proc.terminate()
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.signal(signal.SIGKILL)
                 self.proc.wait(timeout=5)
 
 
@@ -115,7 +127,6 @@ class RosGraph:
         self.token = "t" + uuid.uuid4().hex[:8]
         # Domain 0 is everyone's default; 1..100 keeps clear of the ranges DDS ports overflow.
         self.domain_id = random.Random(uuid.uuid4().int).randint(1, 100)
-        self.port = 0
         self.url = ""
         self.processes: list[RosProcess] = []
         self.arms: dict[str, FakeArm] = {}
@@ -132,34 +143,44 @@ class RosGraph:
     def spawn(self, name: str, argv: list[str], server: bool = False) -> RosProcess:
         log = self.workdir / f"{name}.log"
         with open(log, "wb") as out:
+            # The program itself is the child (no wrapper), so PR_SET_PDEATHSIG survives its
+            # exec and a signal to the child reaches the program; its own session lets stop()
+            # signal anything it forks too.
             proc = subprocess.Popen(
-                ["timeout", "-s", "TERM", "-k", "5", str(PROCESS_LIFETIME_S), *argv],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.env(server=server), cwd=self.workdir, preexec_fn=_die_with_parent,
+                start_new_session=True,
             )
         rp = RosProcess(name, proc, log)
+        rp.timer = threading.Timer(PROCESS_LIFETIME_S, rp.signal, args=(signal.SIGKILL,))
+        rp.timer.daemon = True
+        rp.timer.start()
         self.processes.append(rp)
         return rp
 
-    def start_server(self, attempts: int = 3) -> None:
+    def spawn_server(self, attempts: int = 3) -> tuple[str, RosProcess]:
+        """Start a rosbridge server on a free loopback port; returns (url, process) once it listens."""
         for _ in range(attempts):
-            self.port = free_port()
+            port = free_port()
             server = self.spawn(
-                f"rosbridge_{self.port}",
-                [self.setup["rosbridge_server"], "--bind", f"127.0.0.1:{self.port}", "--no-rosapi",
-                 "--log-ansi", "false", "--node-name", f"rosbridge_{self.token}"],
+                f"rosbridge_{port}",
+                [self.setup["rosbridge_server"], "--bind", f"127.0.0.1:{port}", "--no-rosapi",
+                 "--log-ansi", "false", "--node-name", f"rosbridge_{self.token}_{port}"],
                 server=True,
             )
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and server.proc.poll() is None:
                 try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                        self.url = f"ws://127.0.0.1:{self.port}"
-                        return
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        return f"ws://127.0.0.1:{port}", server
                 except OSError:
                     time.sleep(0.05)
             server.stop()  # port taken in between, or a start failure: try again, then report
         raise RuntimeError(f"rosbridge server did not start; log:\n{server.tail()}")
+
+    def start_server(self) -> None:
+        """The session's shared server: sets `url`."""
+        self.url, _ = self.spawn_server()
 
     def start_arm(self, name: str, *, cameras: dict[str, str] | None = None, rate: float = 30.0,
                   height: int = 48, width: int = 64) -> FakeArm:
@@ -212,8 +233,9 @@ def ros_setup() -> dict:
         except subprocess.TimeoutExpired:
             pytest.skip(f"ROS environment could not be built: {script} ran over {SETUP_TIMEOUT_S} s")
         if result.returncode != 0 or not spec_path.exists():
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
-            pytest.skip(f"ROS environment could not be built by {script} (exit {result.returncode}):\n{tail}")
+            lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.strip()]
+            tail = " | ".join(lines[-4:])  # one line: pytest's skip summary shows the first line only
+            pytest.skip(f"ROS environment could not be built by {script} (exit {result.returncode}): {tail}")
     return json.loads(spec_path.read_text())
 
 
@@ -225,6 +247,12 @@ def ros_graph(ros_setup: dict, tmp_path_factory: pytest.TempPathFactory):
         yield graph
     finally:
         graph.stop_all()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback TCP port nothing listens on (free a moment ago)."""
+    return free_port()
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,14 @@ Sampling (DDIM, `diffusers.DDIMScheduler`, eta = 0 so it is deterministic given 
 with any number of steps in 1..T. Timesteps are spaced "trailing" (99, 89, ..., 9 for 10 steps;
 [99] for one step): with "leading" spacing, 1 step would denoise from k = 0, i.e. never start from
 pure noise (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed").
+Step counts that divide T (1, 2, 4, 5, 10, 20, 25, 50, 100 for T = 100) give evenly spaced steps;
+for others diffusers' DDIM steps by T // num_steps while its trailing grid is rounded, so an
+intermediate step can land one timestep off the grid (harmless, but prefer divisors).
 
-The schedulers are stateful (`set_timesteps` stores the step list), so `sample` builds a private
-DDIMScheduler per call: concurrent calls with different `num_steps` cannot interfere.
+The schedulers are stateful (`set_timesteps` stores the step list), so a DDIM scheduler is never
+re-targeted: the head keeps one per step count, built on first use and frozen after its single
+`set_timesteps` (`DDIMScheduler.step` only reads scheduler state). Calls with different
+`num_steps`, interleaved or concurrent, cannot interfere, and no call pays the ~1 ms of building one.
 """
 
 from __future__ import annotations
@@ -98,13 +103,19 @@ class DiffusionHead(ActionHead):
         # set_timesteps, so one shared instance is safe. Not an nn.Module: nothing to checkpoint,
         # it is rebuilt from the config.
         self.train_scheduler = DDPMScheduler(**config.scheduler_kwargs())
+        self._sampling_schedulers: dict[int, object] = {}  # num_steps -> DDIMScheduler, read-only
 
-    def _make_sampling_scheduler(self, num_steps: int):
-        from diffusers import DDIMScheduler
+    def _sampling_scheduler(self, num_steps: int):
+        """The DDIM scheduler for `num_steps`; its timesteps are set once here and never again."""
+        scheduler = self._sampling_schedulers.get(num_steps)
+        if scheduler is None:
+            from diffusers import DDIMScheduler
 
-        # set_alpha_to_one: the last step lands on the clean sample (abar = 1), not on abar_0 < 1.
-        scheduler = DDIMScheduler(**self.config.scheduler_kwargs(), set_alpha_to_one=True, steps_offset=0)
-        scheduler.set_timesteps(num_steps)
+            # set_alpha_to_one: the last step lands on the clean sample (abar = 1), not abar_0 < 1.
+            scheduler = DDIMScheduler(**self.config.scheduler_kwargs(), set_alpha_to_one=True, steps_offset=0)
+            scheduler.set_timesteps(num_steps)
+            # Two threads racing here both build an identical scheduler; either one is fine.
+            self._sampling_schedulers[num_steps] = scheduler
         return scheduler
 
     def _resolve_num_steps(self, num_steps: int | None) -> int:
@@ -149,7 +160,7 @@ class DiffusionHead(ActionHead):
         batch = self._check_cond(cond)
         steps = self._resolve_num_steps(num_steps)
         x = self._initial_noise(cond, noise, generator)  # (B, H, A), x_T
-        scheduler = self._make_sampling_scheduler(steps)
+        scheduler = self._sampling_scheduler(steps)
         cond_encoded = self.denoiser.encode_cond(cond)  # once for all steps
         for k in scheduler.timesteps.tolist():  # descending ints, e.g. 99, 89, ..., 9
             t = torch.full((batch,), k / self.config.num_train_timesteps, device=cond.device)  # (B,)

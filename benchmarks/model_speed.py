@@ -1,0 +1,269 @@
+"""`vla bench model`: parameters, FLOPs and latency of ``sample_actions`` at batch 1.
+
+Two tables, measured in the same run (ratios are what to compare; absolute times drift):
+
+(a) routing: off (all 2 x 64 patch tokens through every layer) vs stage 1 only (16 aggregate
+    tokens per camera) vs stages 1+2 at several stage-2 budgets, with the preset's head;
+(b) head: diffusion and flow at 1/5/10/50/100 denoising steps, regression (one pass) as reference,
+    all with the preset's routing.
+
+Each configuration is the same architecture with routing switched by config (a like-for-like
+comparison); weights are random, which does not change the cost. Latency is the median over
+``--repeats`` calls after ``--warmup`` calls. ``backbone_ms`` is the observation -> cond part
+(vision, routing, language backbone) alone, the part routing acts on. FLOPs come from
+``torch.utils.flop_counter.FlopCounterMode`` (matmul/attention FLOPs; 2 per multiply-add).
+
+    vla bench model --preset small --out outputs/bench_model.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "model", help="Model params, FLOPs and sample_actions latency (routing, denoising steps).",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--preset", default="small", help="model preset (default: small)")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON results here")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls first")
+    parser.add_argument("--budgets", default="1.0,0.5,0.15,0.05",
+                        help="stage-2 budgets for table (a), comma-separated")
+    parser.add_argument("--steps", default="1,5,10,50,100", help="denoising steps for table (b)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--skip-heads", action="store_true", help="only table (a)")
+    parser.set_defaults(func=run)
+
+
+def _dummy_stats(config):
+    from vla.features import ACTION, OBS_STATE
+
+    return {
+        OBS_STATE: {"q01": [-1.0] * config.state_dim, "q99": [1.0] * config.state_dim},
+        ACTION: {"q01": [-1.0] * config.action_dim, "q99": [1.0] * config.action_dim},
+    }
+
+
+def _batch(model, device):
+    import torch
+
+    from vla.features import OBS_STATE, image_key
+
+    config = model.config
+    g = torch.Generator().manual_seed(0)
+    s = config.image_size
+    batch = {image_key(c): torch.rand(1, 3, s, s, generator=g) for c in config.camera_names}
+    batch[OBS_STATE] = torch.rand(1, config.state_dim, generator=g) * 2 - 1
+    batch.update(model.tokenizer(["put both the alphabet soup and the tomato sauce in the basket"]))
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _median_ms(fn, warmup: int, repeats: int, sync) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _interleaved_ms(runs, device, args, sync) -> list[tuple[float, float]]:
+    """Median (sample_actions ms, encode ms) per (model, name, budget), timed round-robin."""
+    import torch
+
+    calls = []
+    for model, _name, budget in runs:
+        batch = _batch(model, device)
+        noise = torch.zeros(1, model.config.chunk_size, model.config.action_dim, device=device)
+
+        def set_budget(model=model, budget=budget):
+            if model.config.routing.pruning is not None:
+                model.set_token_budget(budget)
+
+        calls.append((set_budget,
+                      lambda model=model, batch=batch, noise=noise: model.sample_actions(batch, noise=noise),
+                      lambda model=model, batch=batch: model.encode(batch)))
+    full = [[] for _ in runs]
+    enc = [[] for _ in runs]
+    with torch.no_grad():
+        for round_index in range(args.warmup + args.repeats):
+            for i, (set_budget, sample, encode) in enumerate(calls):
+                set_budget()
+                for fn, out in ((sample, full[i]), (encode, enc[i])):
+                    sync()
+                    start = time.perf_counter()
+                    fn()
+                    sync()
+                    if round_index >= args.warmup:
+                        out.append((time.perf_counter() - start) * 1e3)
+    return [(statistics.median(f), statistics.median(e)) for f, e in zip(full, enc)]
+
+
+def _measure(model, batch, *, num_steps, budget, args, sync, timings=None) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if model.config.routing.pruning is not None:
+        model.set_token_budget(budget)
+    noise = torch.randn(1, model.config.chunk_size, model.config.action_dim,
+                        generator=torch.Generator().manual_seed(0)).to(batch[next(iter(batch))].device)
+    # FLOPs of exactly what sample_actions runs (encode, then the head's sampler), counted with
+    # autograd on: FlopCounterMode's module tracker fails under no_grad/inference_mode.
+    with FlopCounterMode(display=False) as counter:
+        cond, trace = model.encode(batch)
+    backbone_flops = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        model.head.sample(cond.detach(), noise=noise, num_steps=num_steps)
+    flops = backbone_flops + counter.get_total_flops()
+    if timings is not None:
+        latency, backbone = timings
+    else:
+        with torch.no_grad():
+            latency = _median_ms(lambda: model.sample_actions(batch, noise=noise, num_steps=num_steps),
+                                 args.warmup, args.repeats, sync)
+            backbone = _median_ms(lambda: model.encode(batch), args.warmup, args.repeats, sync)
+    return {
+        "flops": int(flops),
+        "backbone_flops": int(backbone_flops),
+        "latency_ms_median": round(latency, 3),
+        "backbone_ms_median": round(backbone, 3),
+        "visual_tokens": trace.num_visual,
+        "mean_tokens_per_layer": round(sum(trace.tokens_per_layer) / len(trace.tokens_per_layer), 2),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from vla import RoutingConfig, VLAModel, presets
+    from vla.heads import DiffusionHeadConfig, FlowHeadConfig, RegressionHeadConfig
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    base = presets.get(args.preset)
+    budgets = [float(b) for b in args.budgets.split(",")]
+    steps = [int(s) for s in args.steps.split(",")]
+
+    def build(config):
+        torch.manual_seed(0)
+        return VLAModel(config, _dummy_stats(config)).to(device).eval()
+
+    records = []
+
+    def record(model, routing, budget, num_steps, timings=None):
+        head = model.config.head
+        steps_used = num_steps if num_steps is not None else getattr(head, "num_inference_steps", 1)
+        batch = _batch(model, device)
+        result = _measure(model, batch, num_steps=num_steps, budget=budget, args=args, sync=sync,
+                          timings=timings)
+        rec = {"table": "routing" if num_steps is None else "head", "routing": routing,
+               "budget": budget, "head": head.type, "num_steps": steps_used,
+               "params": model.num_parameters(), **result}
+        records.append(rec)
+        print(_row(rec), flush=True)
+
+    print(_header(), flush=True)
+    # (a) routing, with the preset's head at its default number of steps.
+    variants = [
+        ("off", RoutingConfig(aggregation=None, pruning=None)),
+        ("stage1", dataclasses.replace(base.routing, pruning=None)),
+    ]
+    routing_runs = [(build(dataclasses.replace(base, routing=r)), name, 1.0) for name, r in variants]
+    if base.routing.pruning is not None and base.routing.aggregation is not None:
+        model = build(base)
+        routing_runs += [(model, "stage1+2", budget) for budget in budgets]
+    # Timed round-robin (one call of each configuration per round), so that load changes on a
+    # shared machine hit every configuration alike and the ratios stay fair.
+    interleaved = _interleaved_ms(routing_runs, device, args, sync)
+    for (model, name, budget), (latency, backbone) in zip(routing_runs, interleaved):
+        record(model, name, budget, None, timings=(latency, backbone))
+    # (b) heads and denoising steps, with the preset's routing at its default budget.
+    if not args.skip_heads:
+        default_budget = base.routing.pruning.floor if base.routing.pruning is not None else 1.0
+        denoiser = getattr(base.head, "denoiser", None)
+        heads = []
+        for cls in (DiffusionHeadConfig, FlowHeadConfig):
+            kwargs = {"denoiser": denoiser} if denoiser is not None else {}
+            if cls is DiffusionHeadConfig:
+                kwargs["num_train_timesteps"] = max(100, max(steps))
+            heads.append((cls(**kwargs), steps))
+        heads.append((RegressionHeadConfig(), [1]))
+        for head, head_steps in heads:
+            model = build(dataclasses.replace(base, head=head))
+            for num_steps in head_steps:
+                record(model, base.routing.name, default_budget, num_steps)
+
+    off = next(r for r in records if r["routing"] == "off")
+    routed = [r for r in records if r["table"] == "routing" and r["routing"] == "stage1+2"]
+    summary = {}
+    if routed:
+        best = min(routed, key=lambda r: r["latency_ms_median"])
+        best_backbone = min(routed, key=lambda r: r["backbone_ms_median"])
+        summary = {
+            "routing_speedup": round(off["latency_ms_median"] / best["latency_ms_median"], 3),
+            "routing_speedup_budget": best["budget"],
+            "backbone_routing_speedup": round(off["backbone_ms_median"] / best_backbone["backbone_ms_median"], 3),
+            "routing_flops_ratio": round(off["flops"] / best["flops"], 3),
+        }
+        default = next((r for r in routed if r["budget"] == base.routing.pruning.floor), None)
+        if default is not None:
+            summary["routing_speedup_default_budget"] = round(
+                off["latency_ms_median"] / default["latency_ms_median"], 3)
+    result = {
+        "benchmark": "model",
+        "preset": args.preset,
+        "batch_size": 1,
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        **summary,
+        "records": records,
+    }
+    print()
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+_COLUMNS = [("table", 7), ("routing", 9), ("budget", 6), ("head", 10), ("num_steps", 9),
+            ("params", 10), ("flops", 14), ("visual_tokens", 13), ("mean_tokens_per_layer", 21),
+            ("backbone_ms_median", 18), ("latency_ms_median", 17)]
+
+
+def _header() -> str:
+    return " ".join(f"{name:>{width}}" for name, width in _COLUMNS)
+
+
+def _row(rec: dict) -> str:
+    return " ".join(f"{rec[name]!s:>{width}}" for name, width in _COLUMNS)

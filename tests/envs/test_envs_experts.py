@@ -1,0 +1,201 @@
+"""Scripted experts: BDDL goal parsing, motion primitives, and real LIBERO episodes."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from envs.experts.goal import PickPlaceGoal, goal_from_atoms, parse_bddl_goal
+from envs.experts.motion import (
+    DOWN,
+    MotionConfig,
+    PoseController,
+    choose_yaw,
+    finger_angle_of,
+    grasp_orientation,
+    rotation_error,
+    yaw_rotation,
+)
+
+OUTPUT_MAX = np.array([0.05, 0.05, 0.05, 0.5, 0.5, 0.5])
+
+
+def _rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:  # (3,) -> (3, 3), Rodrigues' formula
+    angle = np.linalg.norm(rotvec)
+    if angle < 1e-12:
+        return np.eye(3)
+    k = rotvec / angle
+    skew = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * skew + (1 - np.cos(angle)) * skew @ skew
+
+
+def _bddl_files(folder: str) -> list:
+    from envs.libero_setup import libero_package_dir
+
+    files = sorted((libero_package_dir() / "bddl_files" / folder).glob("*.bddl"))
+    assert len(files) == 10, f"expected the 10 BDDL files of {folder}, found {len(files)}"
+    return files
+
+
+# --- goal parsing (fast, no simulator) ------------------------------------------------------
+
+
+def test_object_goals_put_the_named_object_in_the_basket():
+    for path in _bddl_files("libero_object"):
+        goal = parse_bddl_goal(path)
+        # pick_up_the_<object>_and_place_it_in_the_basket.bddl names the object to move.
+        named = re.match(r"pick_up_the_(.+)_and_place_it_in_the_basket", path.stem).group(1)
+        assert goal == PickPlaceGoal("in", f"{named}_1", "basket_1_contain_region", "basket_1")
+
+
+def test_spatial_goals_put_the_bowl_on_the_plate():
+    for path in _bddl_files("libero_spatial"):
+        goal = parse_bddl_goal(path)
+        assert goal == PickPlaceGoal("on", "akita_black_bowl_1", "plate_1", "plate_1")
+
+
+def test_goal_parser_reads_text_and_rejects_what_it_cannot_do():
+    text = "(define (problem p) (:goal (And (On bowl_1 plate_1))) ; comment\n)"
+    assert parse_bddl_goal(text) == PickPlaceGoal("on", "bowl_1", "plate_1", "plate_1")
+    with pytest.raises(ValueError, match="no \\(:goal"):
+        parse_bddl_goal("(define (problem p) (:init (On a_1 b_1)))")
+    with pytest.raises(ValueError, match="single pick-and-place"):
+        parse_bddl_goal("(:goal (And (On a_1 b_1) (On c_1 d_1)))")
+    with pytest.raises(ValueError, match="expected \\(In obj region\\)"):
+        parse_bddl_goal("(:goal (And (Open drawer_1)))")
+    with pytest.raises(ValueError, match="relation"):
+        PickPlaceGoal("under", "a_1", "b_1", "b_1")
+    # With the scene's names, the owner of a region is exact even when names share prefixes.
+    goal = goal_from_atoms([["in", "x_1", "wooden_cabinet_1_top_region"]], ["wooden_cabinet_1"])
+    assert goal.target_object == "wooden_cabinet_1"
+
+
+# --- motion primitives (fast) ----------------------------------------------------------------
+
+
+def test_rotation_error_recovers_the_rotation():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        angle = rng.uniform(0.01, 3.0)
+        delta = _rotvec_to_matrix(axis * angle)
+        current = _rotvec_to_matrix(rng.normal(size=3))
+        error = rotation_error(delta @ current, current)
+        np.testing.assert_allclose(error, axis * angle, atol=1e-6)
+
+
+def test_choose_yaw_aligns_fingers_and_respects_the_wrist_range():
+    for finger in np.linspace(-np.pi, np.pi, 13):
+        yaw = choose_yaw(finger, current_yaw=0.0, yaw_low=-2.5, yaw_high=1.0)
+        assert -2.5 <= yaw <= 1.0
+        got = finger_angle_of(grasp_orientation(yaw))
+        # The finger axis is symmetric under a half turn.
+        assert abs(np.sin(got - finger)) < 1e-9
+        # Of the equivalent yaws inside the range, the one nearest the current yaw (0).
+        others = [yaw + n * np.pi for n in (-2, -1, 1, 2) if -2.5 <= yaw + n * np.pi <= 1.0]
+        assert all(abs(other) >= abs(yaw) for other in others)
+    np.testing.assert_allclose(grasp_orientation(0.0), DOWN)
+    assert np.isclose(finger_angle_of(DOWN), np.pi / 2)
+
+
+def test_pose_controller_is_bounded_smooth_and_converges():
+    config = MotionConfig()
+    controller = PoseController(OUTPUT_MAX, config)
+    pos, rot = np.zeros(3), DOWN.copy()
+    target_pos, target_rot = np.array([0.3, -0.2, 0.1]), yaw_rotation(0.8) @ DOWN
+    previous = np.zeros(6)
+    for _ in range(200):
+        action = controller.command(pos, rot, target_pos, target_rot, max_speed=0.8)
+        assert np.all(np.abs(action) <= 1.0)
+        assert np.all(np.abs(action - previous) <= config.max_delta + 1e-9)
+        assert np.linalg.norm(action[:3]) <= 0.8 + 1e-9
+        previous = action
+        # An idealized plant: the controller moves 60% of the commanded delta per step.
+        pos = pos + 0.6 * action[:3] * OUTPUT_MAX[:3]
+        rot = _rotvec_to_matrix(0.6 * action[3:] * OUTPUT_MAX[3:]) @ rot
+    np.testing.assert_allclose(pos, target_pos, atol=2e-3)
+    assert np.linalg.norm(rotation_error(target_rot, rot)) < 1e-2
+
+
+def test_configs_name_the_bad_field():
+    from envs.experts import ExpertConfig
+
+    with pytest.raises(ValueError, match="max_delta"):
+        MotionConfig(max_delta=0.0)
+    with pytest.raises(ValueError, match="travel_speed"):
+        ExpertConfig(travel_speed=1.5)
+    with pytest.raises(ValueError, match="close_steps"):
+        ExpertConfig(close_steps=-1)
+
+
+def test_experts_cli_parses_ids_and_formats_the_table():
+    from envs.expert_eval import _parse_ids, format_table
+
+    assert _parse_ids("0,3", 10, "tasks") == [0, 3]
+    assert _parse_ids(None, 3, "tasks") == [0, 1, 2]
+    with pytest.raises(SystemExit, match="0..9"):
+        _parse_ids("10", 10, "tasks")
+    row = {
+        "suite": "libero_object",
+        "task_id": 0,
+        "instruction": "pick",
+        "episodes": 4,
+        "successes": 3,
+        "success_rate": 0.75,
+        "mean_steps_success": 120.0,
+        "failed_init_states": [2],
+    }
+    table = format_table([row])
+    assert "| libero_object | 0 | pick | 3/4 | 75% | 120 | 2 |" in table
+    assert "3/4 | 75.0%" in table
+
+
+# --- real LIBERO episodes --------------------------------------------------------------------
+
+
+def _episode(suite: str, task_id: int, init_state: int):
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from envs import make_libero_env
+    from envs.experts import make_expert, parse_bddl_goal
+    from envs.experts.rollout import run_episode
+    from envs.suites import task_info
+
+    env = make_libero_env(suite, task_id, cameras=())
+    try:
+        expert = make_expert(env)
+        # The live env's parsed problem and the BDDL text agree on the goal.
+        assert expert.goal == parse_bddl_goal(task_info(suite, task_id).bddl_file)
+        return run_episode(env, expert, init_state), expert
+    finally:
+        env.close()
+
+
+def _assert_imitable(actions: np.ndarray, expert) -> None:
+    assert actions.dtype == np.float32 and actions.shape[1] == 7
+    assert np.all(np.isfinite(actions)) and np.all(np.abs(actions) <= 1.0)
+    # Arm dimensions ramp: bounded change per step. The gripper is a binary command.
+    step_change = np.abs(np.diff(actions[:, :6], axis=0))
+    assert step_change.max() <= expert.config.motion.max_delta + 1e-6
+    assert set(np.unique(actions[:, 6])) <= {-1.0, 1.0}
+    assert (actions[:, 6] == 1.0).any(), "the expert never closed the gripper"
+
+
+@pytest.mark.sim
+def test_object_expert_episode_succeeds_smoothly():
+    result, expert = _episode("libero_object", 0, 0)
+    assert result.success, f"expert failed: {result}"
+    assert result.steps < 280
+    _assert_imitable(result.actions, expert)
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_spatial_expert_episode_succeeds_smoothly():
+    result, expert = _episode("libero_spatial", 4, 0)  # the bowl in the drawer: the hardest reach
+    assert result.success, f"expert failed: {result}"
+    assert result.steps < 220
+    _assert_imitable(result.actions, expert)

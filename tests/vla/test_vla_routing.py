@@ -1,0 +1,172 @@
+"""Two-stage instruction-driven token routing (tiny preset)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vla import PruningConfig, RoutingConfig, VLAModel, presets
+from vla.routing import FiLM, InstructionAggregator
+from vla.config import AggregationConfig
+
+from vla.features import ACTION, OBS_STATE, image_key
+
+# (Test modules cannot import each other under --import-mode=importlib: small helpers repeated.)
+STATS = {OBS_STATE: {"q01": [-2.0] * 8, "q99": [2.0] * 8}, ACTION: {"q01": [-1.0] * 7, "q99": [1.0] * 7}}
+
+
+def make_batch(config, texts=("pick up the black bowl", "put the soup in the basket"), tokenizer=None):
+    g = torch.Generator().manual_seed(0)
+    b, s = len(texts), config.image_size
+    batch = {image_key(c): torch.rand(b, 3, s, s, generator=g) for c in config.camera_names}
+    batch[OBS_STATE] = torch.randn(b, config.state_dim, generator=g)
+    batch.update(tokenizer(list(texts)))
+    return batch
+
+
+def _model(**overrides) -> VLAModel:
+    torch.manual_seed(0)
+    return VLAModel(presets.get("tiny", **overrides), STATS).eval()
+
+
+def _flops(model, batch) -> int:
+    with FlopCounterMode(display=False) as counter:
+        model.encode(batch)
+    return counter.get_total_flops()
+
+
+def test_keep_schedule_is_shifted_cosine_with_floor():
+    config = PruningConfig(floor=0.15, start_ratio=0.85)
+    # CogVLA's 32-layer schedule (REFERENCES.md 2): routers on layers 8-31, keep ratio 0.84 at
+    # layer 8, 0.47 at 16, 0.28 at 20, the 0.15 floor near layer 23 (0.155 there, 0.12 at 24).
+    assert config.routed_layers(32) == tuple(range(8, 32))
+    counts = config.keep_counts(32, 100, budget=0.15)
+    assert [counts[i] for i in (8, 16, 20, 23, 24, 31)] == [85, 48, 28, 16, 15, 15]
+    assert config.keep_counts(8, 32, budget=1.0) == {i: 32 for i in config.routed_layers(8)}
+
+
+def test_stage1_replaces_patches_with_k_tokens_per_camera():
+    model = _model()
+    batch = make_batch(model.config, tokenizer=model.tokenizer)
+    _, trace = model.encode(batch)
+    cameras, k = len(model.config.camera_names), model.config.routing.aggregation.num_queries
+    assert trace.num_visual == cameras * k == 8  # 2 cameras x 16 patches -> 2 x 4
+    off = _model(routing=RoutingConfig(aggregation=None, pruning=None))
+    _, trace_off = off.encode(batch)
+    assert trace_off.num_visual == cameras * off.vision.num_patches == 32
+    assert trace_off.tokens_per_layer == [trace_off.tokens_per_layer[0]] * 4
+    assert trace_off.visual_kept_per_layer == [32] * 4
+
+
+def test_each_layer_keeps_exactly_the_configured_number_of_tokens():
+    model = _model()
+    batch = make_batch(model.config, tokenizer=model.tokenizer)
+    n_text = batch["observation.language.tokens"].shape[1]
+    n_fixed = n_text + 1 + model.config.num_readout_tokens  # text, proprio, readout: always kept
+    for budget, expected in [(0.25, [8, 6, 2, 2]), (0.5, [8, 6, 4, 4]), (1.0, [8, 8, 8, 8]), (0.1, [8, 6, 2, 1])]:
+        model.set_token_budget(budget)
+        _, trace = model.encode(batch)
+        assert trace.visual_kept_per_layer == expected, budget
+        assert trace.tokens_per_layer == [n_fixed + k for k in expected]
+        assert expected[1:] == [model.pruner.keep_counts(8, budget).get(i, 8) for i in range(1, 4)]
+        for layer, idx in trace.kept_indices.items():
+            assert idx.shape == (2, expected[layer])
+            assert (idx.diff(dim=1) > 0).all()  # distinct, in sequence order
+
+
+def test_budget_changes_compute_at_inference_and_output_stays_valid():
+    model = _model()
+    batch = make_batch(model.config, tokenizer=model.tokenizer)
+    noise = torch.randn(2, model.config.chunk_size, model.config.action_dim)
+    flops, actions = {}, {}
+    for budget in (1.0, 0.5, 0.25, 0.1):
+        model.set_token_budget(budget)
+        flops[budget] = _flops(model, batch)
+        actions[budget] = model.sample_actions(batch, noise=noise)
+        assert actions[budget].shape == (2, 4, 7) and torch.isfinite(actions[budget]).all()
+    assert flops[1.0] > flops[0.5] > flops[0.25] > flops[0.1]
+    assert not torch.allclose(actions[1.0], actions[0.25])
+    model.set_token_budget(None)
+    assert model.token_budget == model.config.routing.pruning.floor
+
+
+def test_smaller_budgets_keep_a_subset_matryoshka():
+    model = _model()
+    batch = make_batch(model.config, tokenizer=model.tokenizer)
+    kept = {}
+    for budget in (0.25, 0.5):
+        model.set_token_budget(budget)
+        kept[budget] = model.encode(batch)[1].kept_indices[2]  # layer 1 is the same for both
+    for row in range(2):
+        assert set(kept[0.25][row].tolist()) <= set(kept[0.5][row].tolist())
+
+
+def test_budget_one_equals_routing_off_bit_for_bit():
+    routed = _model()
+    off = _model(routing=RoutingConfig(aggregation=routed.config.routing.aggregation, pruning=None))
+    state = {k: v for k, v in routed.state_dict().items() if not k.startswith("pruner.")}
+    off.load_state_dict(state, strict=True)
+    batch = make_batch(routed.config, tokenizer=routed.tokenizer)
+    noise = torch.randn(2, 4, 7)
+    routed.set_token_budget(1.0)
+    assert torch.equal(routed.sample_actions(batch, noise=noise), off.sample_actions(batch, noise=noise))
+    routed.set_token_budget(0.25)
+    assert not torch.equal(routed.sample_actions(batch, noise=noise), off.sample_actions(batch, noise=noise))
+
+
+def test_training_samples_a_budget_per_step():
+    model = _model().train()
+    batch = make_batch(model.config, tokenizer=model.tokenizer)
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(12):
+        seen.add(tuple(model.encode(batch)[1].visual_kept_per_layer))
+    assert len(seen) > 2  # different budgets, hence different kept counts
+    low, high = model.config.routing.pruning.train_budget_range
+    for counts in seen:
+        assert all(8 * low - 1 <= k <= 8 for k in counts)
+
+
+def test_film_starts_as_identity_and_conditions_on_the_instruction():
+    torch.manual_seed(0)
+    film = FiLM(cond_dim=8, dim=16)
+    x, c1, c2 = torch.randn(2, 5, 16), torch.randn(2, 8), torch.randn(2, 8)
+    assert torch.equal(film(x, c1), x)
+    torch.nn.init.normal_(film.net[-1].weight)
+    assert not torch.allclose(film(x, c1), film(x, c2))
+
+    agg = InstructionAggregator(AggregationConfig(num_queries=3, num_heads=2), num_cameras=2, dim=16)
+    patches = torch.randn(2, 2, 10, 16)
+    instr_a, instr_b = torch.randn(2, 16), torch.randn(2, 16)
+    assert agg(patches, instr_a).shape == (2, 2, 3, 16)
+    torch.testing.assert_close(agg(patches, instr_a), agg(patches, instr_b))  # identity FiLM at init
+    torch.nn.init.normal_(agg.film.net[-1].weight)
+    assert not torch.allclose(agg(patches, instr_a), agg(patches, instr_b))
+
+
+def test_router_choice_depends_on_the_instruction():
+    model = _model()
+    for router in model.pruner.routers.values():
+        torch.nn.init.normal_(router.film.net[-1].weight, std=1.0)
+    model.set_token_budget(0.25)
+    texts_a = ["pick up the black bowl"] * 2
+    texts_b = ["open the top drawer of the cabinet"] * 2
+    batch = make_batch(model.config, texts=texts_a, tokenizer=model.tokenizer)
+    kept_a = model.encode(batch)[1].kept_indices
+    batch.update(model.tokenizer(texts_b))
+    kept_b = model.encode(batch)[1].kept_indices
+    assert any(not torch.equal(kept_a[layer], kept_b[layer]) for layer in kept_a)
+
+
+def test_budget_validation():
+    model = _model()
+    for bad in (0.0, 1.5, "half"):
+        with pytest.raises(ValueError, match="budget"):
+            model.set_token_budget(bad)
+    no_pruning = _model(routing=dataclasses.replace(RoutingConfig(), pruning=None))
+    with pytest.raises(ValueError, match="no stage-2 pruning"):
+        no_pruning.set_token_budget(0.5)
+    assert no_pruning.token_budget == 1.0
