@@ -9,8 +9,10 @@ Two tables, measured in the same run (ratios are what to compare; absolute times
 
 Each configuration is the same architecture with routing switched by config (a like-for-like
 comparison); weights are random, which does not change the cost. Latency is the median over
-``--repeats`` calls after ``--warmup`` calls. ``backbone_ms`` is the observation -> cond part
-(vision, routing, language backbone) alone, the part routing acts on. FLOPs come from
+``--repeats`` calls after ``--warmup`` calls; table (a) is timed round-robin. Columns:
+``latency_ms`` the whole ``sample_actions``; ``encode_ms`` observation -> cond (vision, stage 1,
+language backbone); ``backbone_ms`` the language backbone's layers alone (with stage 2), i.e. the
+part of the model whose token count routing changes. FLOPs come from
 ``torch.utils.flop_counter.FlopCounterMode`` (matmul/attention FLOPs; 2 per multiply-add).
 
     vla bench model --preset small --out outputs/bench_model.json
@@ -81,7 +83,8 @@ def _median_ms(fn, warmup: int, repeats: int, sync) -> float:
 
 
 def _interleaved_ms(runs, device, args, sync) -> list[tuple[float, float]]:
-    """Median (sample_actions ms, encode ms) per (model, name, budget), timed round-robin."""
+    """Median (sample_actions, encode, language backbone) ms per (model, name, budget), timed
+    round-robin."""
     import torch
 
     calls = []
@@ -93,23 +96,27 @@ def _interleaved_ms(runs, device, args, sync) -> list[tuple[float, float]]:
             if model.config.routing.pruning is not None:
                 model.set_token_budget(budget)
 
+        with torch.no_grad():
+            sequence = model.embed_sequence(batch)
         calls.append((set_budget,
                       lambda model=model, batch=batch, noise=noise: model.sample_actions(batch, noise=noise),
-                      lambda model=model, batch=batch: model.encode(batch)))
+                      lambda model=model, batch=batch: model.encode(batch),
+                      lambda model=model, sequence=sequence: model.run_backbone(*sequence)))
     full = [[] for _ in runs]
     enc = [[] for _ in runs]
+    lm = [[] for _ in runs]
     with torch.no_grad():
         for round_index in range(args.warmup + args.repeats):
-            for i, (set_budget, sample, encode) in enumerate(calls):
+            for i, (set_budget, sample, encode, language) in enumerate(calls):
                 set_budget()
-                for fn, out in ((sample, full[i]), (encode, enc[i])):
+                for fn, out in ((sample, full[i]), (encode, enc[i]), (language, lm[i])):
                     sync()
                     start = time.perf_counter()
                     fn()
                     sync()
                     if round_index >= args.warmup:
                         out.append((time.perf_counter() - start) * 1e3)
-    return [(statistics.median(f), statistics.median(e)) for f, e in zip(full, enc)]
+    return [tuple(statistics.median(v) for v in values) for values in zip(full, enc, lm)]
 
 
 def _measure(model, batch, *, num_steps, budget, args, sync, timings=None) -> dict:
@@ -128,8 +135,9 @@ def _measure(model, batch, *, num_steps, budget, args, sync, timings=None) -> di
     with FlopCounterMode(display=False) as counter:
         model.head.sample(cond.detach(), noise=noise, num_steps=num_steps)
     flops = backbone_flops + counter.get_total_flops()
+    language = None
     if timings is not None:
-        latency, backbone = timings
+        latency, backbone, language = timings
     else:
         with torch.no_grad():
             latency = _median_ms(lambda: model.sample_actions(batch, noise=noise, num_steps=num_steps),
@@ -139,7 +147,8 @@ def _measure(model, batch, *, num_steps, budget, args, sync, timings=None) -> di
         "flops": int(flops),
         "backbone_flops": int(backbone_flops),
         "latency_ms_median": round(latency, 3),
-        "backbone_ms_median": round(backbone, 3),
+        "encode_ms_median": round(backbone, 3),
+        "backbone_ms_median": None if language is None else round(language, 3),
         "visual_tokens": trace.num_visual,
         "mean_tokens_per_layer": round(sum(trace.tokens_per_layer) / len(trace.tokens_per_layer), 2),
     }
@@ -192,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
     # Timed round-robin (one call of each configuration per round), so that load changes on a
     # shared machine hit every configuration alike and the ratios stay fair.
     interleaved = _interleaved_ms(routing_runs, device, args, sync)
-    for (model, name, budget), (latency, backbone) in zip(routing_runs, interleaved):
-        record(model, name, budget, None, timings=(latency, backbone))
+    for (model, name, budget), timings in zip(routing_runs, interleaved):
+        record(model, name, budget, None, timings=timings)
     # (b) heads and denoising steps, with the preset's routing at its default budget.
     if not args.skip_heads:
         default_budget = base.routing.pruning.floor if base.routing.pruning is not None else 1.0
@@ -220,6 +229,9 @@ def run(args: argparse.Namespace) -> int:
             "routing_speedup": round(off["latency_ms_median"] / best["latency_ms_median"], 3),
             "routing_speedup_budget": best["budget"],
             "backbone_routing_speedup": round(off["backbone_ms_median"] / best_backbone["backbone_ms_median"], 3),
+            "backbone_routing_speedup_budget": best_backbone["budget"],
+            "encode_routing_speedup": round(
+                off["encode_ms_median"] / min(r["encode_ms_median"] for r in routed), 3),
             "routing_flops_ratio": round(off["flops"] / best["flops"], 3),
         }
         default = next((r for r in routed if r["budget"] == base.routing.pruning.floor), None)
@@ -258,7 +270,7 @@ def _device_name(device) -> str:
 
 _COLUMNS = [("table", 7), ("routing", 9), ("budget", 6), ("head", 10), ("num_steps", 9),
             ("params", 10), ("flops", 14), ("visual_tokens", 13), ("mean_tokens_per_layer", 21),
-            ("backbone_ms_median", 18), ("latency_ms_median", 17)]
+            ("backbone_ms_median", 18), ("encode_ms_median", 16), ("latency_ms_median", 17)]
 
 
 def _header() -> str:

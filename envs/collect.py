@@ -278,23 +278,10 @@ class LiberoExpertRollout:
         )
 
 
-# A worker's rollout object (one per process, so that its env cache lives across jobs).
-_WORKER_ROLLOUT: Callable[[RolloutJob], Any] | None = None
-
-
-def _worker_init(rollout: Callable[[RolloutJob], Any]) -> None:
-    global _WORKER_ROLLOUT
-    # Ctrl-C is the main process's business: it terminates the pool. Workers that also caught
-    # it would print one traceback each.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER_ROLLOUT = rollout
-
-
-def run_attempt(job: RolloutJob, rollout: Callable[[RolloutJob], Any] | None = None) -> AttemptResult:
+def run_attempt(job: RolloutJob, rollout: Callable[[RolloutJob], Any]) -> AttemptResult:
     """Runs one attempt and records its outcome in the staging folder (atomically)."""
     from envs.lerobot_writer import EpisodeStaging
 
-    rollout = rollout if rollout is not None else _WORKER_ROLLOUT
     staging = EpisodeStaging(job.staging)
     start = time.perf_counter()
     try:
@@ -556,35 +543,126 @@ def _run_attempts(config, tasks, rollout, staging, progress, crash_after) -> int
     return attempts
 
 
+def _worker_main(rollout: Callable[[RolloutJob], Any], jobs, results, slot: int) -> None:
+    """A recording process: runs the jobs it is sent until it receives None."""
+    # Ctrl-C is the main process's business (it terminates the workers); workers that also
+    # caught it would each print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    try:
+        while True:
+            try:
+                job = jobs.get(timeout=2.0)
+            except queue.Empty:
+                # After a kill -9 of the main process nothing ends this loop: leave on our own.
+                if parent is not None and not parent.is_alive():
+                    return
+                continue
+            if job is None:
+                return
+            try:
+                results.put((slot, run_attempt(job, rollout)))
+            except Exception as error:  # a bug in recording or staging: the main process raises it
+                results.put((slot, RuntimeError(f"worker {slot}, {job}: {type(error).__name__}: {error}")))
+    finally:
+        if hasattr(rollout, "close"):
+            rollout.close()
+
+
+class _Workers:
+    """Recording processes with one job each at a time.
+
+    Not ``multiprocessing.Pool``: when a worker dies (a simulator segfault, the OOM killer),
+    Pool silently replaces it and waits forever for the lost job. Here a dead worker's job is
+    recorded as a failed attempt and a fresh worker takes its slot.
+    """
+
+    def __init__(self, count: int, rollout: Callable[[RolloutJob], Any]):
+        # spawn, not fork: LIBERO/EGL hang in forked children (PLATFORM.md).
+        self._context = multiprocessing.get_context("spawn")
+        self._rollout = rollout
+        self.results = self._context.Queue()
+        self._procs: list[Any] = [None] * count
+        self._inboxes: list[Any] = [None] * count
+        self.jobs: list[RolloutJob | None] = [None] * count
+        for slot in range(count):
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        self._inboxes[slot] = self._context.Queue()
+        self._procs[slot] = self._context.Process(
+            target=_worker_main, args=(self._rollout, self._inboxes[slot], self.results, slot),
+            daemon=True, name=f"vla-collect-{slot}",
+        )
+        self._procs[slot].start()
+
+    def idle(self) -> list[int]:
+        return [slot for slot, job in enumerate(self.jobs) if job is None]
+
+    def busy(self) -> int:
+        return sum(job is not None for job in self.jobs)
+
+    def submit(self, slot: int, job: RolloutJob) -> None:
+        self.jobs[slot] = job
+        self._inboxes[slot].put(job)
+
+    def next_result(self, timeout: float) -> AttemptResult | None:
+        """The next finished attempt, or None after ``timeout`` s (keeps Ctrl-C responsive)."""
+        try:
+            slot, result = self.results.get(timeout=timeout)
+        except queue.Empty:
+            return self._reap_dead()
+        self.jobs[slot] = None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _reap_dead(self) -> AttemptResult | None:
+        for slot, job in enumerate(self.jobs):
+            if job is not None and not self._procs[slot].is_alive():
+                code = self._procs[slot].exitcode
+                reason = f"error: worker process died (exit code {code}) during the attempt"
+                from envs.lerobot_writer import EpisodeStaging
+
+                EpisodeStaging(job.staging).record_failure(job.task_id, job.init_state, {"reason": reason, "steps": 0})
+                self.jobs[slot] = None
+                self._start(slot)
+                return AttemptResult(job.task_id, job.init_state, False, 0, reason)
+        return None
+
+    def close(self) -> None:
+        for slot, inbox in enumerate(self._inboxes):
+            if self._procs[slot].is_alive():
+                inbox.put(None)
+        for proc in self._procs:
+            proc.join(timeout=30)
+
+    def terminate(self) -> None:
+        for proc in self._procs:
+            if proc is not None and proc.is_alive():
+                proc.terminate()  # staging is atomic: a killed attempt leaves only tmp/ files
+        for proc in self._procs:
+            if proc is not None:
+                proc.join(timeout=10)
+
+
 def _run_pool(config, tasks, rollout, staging_root, record) -> None:
-    # spawn, not fork: LIBERO/EGL hang in forked children (PLATFORM.md).
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per video otherwise
-    context = multiprocessing.get_context("spawn")
-    results: queue.Queue = queue.Queue()
-    pool = context.Pool(config.workers, initializer=_worker_init, initargs=(rollout,))
+    workers = _Workers(config.workers, rollout)
     try:
-        in_flight = 0
         while True:
-            for job in _jobs(config, tasks, staging_root, config.workers - in_flight):
-                pool.apply_async(run_attempt, (job,), callback=results.put, error_callback=results.put)
-                in_flight += 1
-            if in_flight == 0:
+            idle = workers.idle()
+            for slot, job in zip(idle, _jobs(config, tasks, staging_root, len(idle))):
+                workers.submit(slot, job)
+            if workers.busy() == 0:
                 break
-            try:
-                # A timeout keeps the wait interruptible by Ctrl-C.
-                result = results.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            in_flight -= 1
-            if isinstance(result, BaseException):
-                raise result  # a bug in recording or staging (expert failures are results)
-            record(result)
-        pool.close()
-        pool.join()
+            result = workers.next_result(timeout=0.5)
+            if result is not None:
+                record(result)
+        workers.close()
     finally:
-        pool.terminate()  # on Ctrl-C or error: stop the attempts in flight (staging is atomic)
-        pool.join()
+        workers.terminate()
 
 
 # ----------------------------------------------------------------------------- building

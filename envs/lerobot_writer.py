@@ -212,20 +212,39 @@ def encode_video(frames: np.ndarray, path: Path, *, fps: int, vcodec: str = DEFA
 
 
 def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel stats of uint8 (T, H, W, 3) frames, in uint8 units, each (3,) ("count" (1,)).
+    """Per-channel stats of uint8 (T, H, W, 3) frames over all pixels, in uint8 units.
 
-    Computed exactly as LeRobot does for image features (same frame sampling, downsampling and
-    stat names), so that its ``aggregate_stats`` combines ours with its own.
+    Returns min, max, mean, std, q01, q10, q50, q90, q99, each float64 (3,), and count (1,) = T
+    frames: the stat names and shapes LeRobot 0.4.4 produces for an image feature, so its
+    ``aggregate_stats`` combines them with its own (weighting episodes by ``count``). Quantiles
+    are exact: uint8 pixels have 256 possible values, so a per-channel histogram holds them all.
+
+    Deliberately numpy only: importing lerobot (torch, triton) in a process that has already
+    created a LIBERO env with EGL rendering segfaults (triton's import), and the workers that
+    record episodes are such processes.
     """
-    from lerobot.datasets.compute_stats import (  # lazy: lerobot's import costs seconds
-        auto_downsample_height_width,
-        get_feature_stats,
-        sample_indices,
-    )
-
-    chosen = frames[sample_indices(len(frames))]  # (N, H, W, 3)
-    chw = np.stack([auto_downsample_height_width(f.transpose(2, 0, 1)) for f in chosen])  # (N, 3, h, w)
-    return get_feature_stats(chw, axis=(0, 2, 3), keepdims=False)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames {frames.dtype} {frames.shape}: expected uint8 (T, H, W, 3)")
+    pixels = frames.reshape(-1, 3)  # (T*H*W, 3)
+    hist = np.stack([np.bincount(pixels[:, c], minlength=256) for c in range(3)])  # (3, 256)
+    total = hist.sum(axis=1, keepdims=True)  # (3, 1)
+    values = np.arange(256, dtype=np.float64)
+    mean = (hist * values).sum(axis=1) / total[:, 0]
+    var = (hist * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / total[:, 0]
+    cdf = np.cumsum(hist, axis=1) / total  # (3, 256)
+    stats = {
+        "min": np.argmax(hist > 0, axis=1).astype(np.float64),
+        "max": (255 - np.argmax(hist[:, ::-1] > 0, axis=1)).astype(np.float64),
+        "mean": mean,
+        "std": np.sqrt(var),
+        "count": np.array([len(frames)], dtype=np.int64),
+    }
+    for q in (0.01, 0.10, 0.50, 0.90, 0.99):
+        # The smallest value whose cumulative share reaches q (inverted CDF).
+        stats[f"q{round(q * 100):02d}"] = np.array(
+            [float(np.searchsorted(cdf[c], q - 1e-12)) for c in range(3)]
+        )
+    return stats
 
 
 # ----------------------------------------------------------------------------- staging
@@ -275,6 +294,7 @@ class EpisodeStaging:
         """Encodes and stores one episode; returns its folder. Idempotent per (task, init state)."""
         final = self.episodes_dir / episode_name(episode.task_id, episode.init_state)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.episodes_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=self.tmp_dir))
         try:
             arrays: dict[str, Any] = {

@@ -12,16 +12,16 @@ Time words (DESIGN.md): n_obs_steps = observation frames the model sees (1 here:
 passes the newest observation), chunk_size H = actions per model call, n_action_steps =
 actions executed from a chunk before the next one takes over.
 
-Timeline, n_obs_steps = 1, chunk_size H = 8, n_action_steps = 4, prefetch_steps = 2, and an
+Timeline, n_obs_steps = 1, chunk_size H = 8, n_action_steps = 6, prefetch_steps = 2, and an
 inference latency of 2 steps (real-time chunking):
 
     step k        :  0  1  2  3  4  5  6  7  8  9 10 11
-    observation   :  o0    o2          o6          o10      (the obs a fetch starts from)
-    fetch         :  C0..  C2....      C6....      C10..    (C_s predicts a_s .. a_{s+7})
-    chunk arrives :     ^     ^           ^           ^     (latency: 2 steps after o_s)
-    executes      :  -  -  C0 C0 C2 C2 C2 C2 C6 C6 C6 C6    (- : nothing yet, the arm holds)
-    executed idx  :        2  3  2  3  4  5  2  3  4  5
-    dropped       :  C2[0:2], C6[0:2], ... : due before the chunk arrived, never executed
+    fetch starts  :  o0          o4          o8             (C_s predicts a_s .. a_{s+7} from o_s)
+    chunk arrives :        C0          C4          C8       (2 steps after its observation)
+    executes      :  -  -  C0 C0 C0 C0 C4 C4 C4 C4 C8 C8    (- : nothing due yet, the arm holds)
+    chunk index   :        2  3  4  5  2  3  4  5  2  3
+    dropped       :  C0[0:2], C4[0:2], C8[0:2] were due before their chunk arrived
+    never used    :  C_s[6:8] (outside the n_action_steps window)
 
 A fetch starts when the newest chunk has <= prefetch_steps of its n_action_steps window left,
 so the next chunk is computed while the current one runs (no stall when latency <=
@@ -31,9 +31,10 @@ replaces the rest of the older one. This is the scheduling half of real-time chu
 et al. 2025); the other half -- inpainting the new chunk to agree with the old one's committed
 actions -- lives in the model, not here.
 
-`BlockingInference` is the classic alternative: when the window is used up, call the policy in
-the loop; the arm holds (the safety filter sees no command) while the model thinks, and the
-chunk starts at the step it arrives, so nothing is dropped.
+`BlockingInference` is the classic alternative (LeRobot's and openpi's examples): when the
+window is used up, call the policy inside the loop. No command is sent while the model thinks
+(the robot's controller holds its last target; those ticks count as missed), then the chunk
+starts at the step it arrives, so nothing is dropped.
 
 Temporal ensembling (ACT, Zhao et al. 2023): every chunk still covering step k (over its whole
 H) votes, with weights w_i = exp(-coeff * i), i = 0 the oldest chunk:
@@ -500,7 +501,10 @@ class ControlRuntime:
                             result, error = None, failure
                         # The arm held while the model thought: re-anchor to the current tick
                         # and look again before acting.
-                        k = max(k, int(math.floor((self.clock.now() - t0) / dt + 1e-9)))
+                        now_k = int(math.floor((self.clock.now() - t0) / dt + 1e-9))
+                        if now_k > k:
+                            report.missed_ticks += now_k - k
+                            k = now_k
                         accept(result, error, k)
                         obs, t_obs = self._observe()
                 else:

@@ -337,7 +337,7 @@ class FixedLatencyPolicy:
 
     @staticmethod
     def expected(state: np.ndarray, chunk_size: int = 8, action_dim: int = 7) -> np.ndarray:
-        base = float(np.mean(state))
+        base = float(np.mean(np.asarray(state, dtype=np.float64)))
         h = np.arange(chunk_size, dtype=np.float32)[:, None]
         a = np.arange(action_dim, dtype=np.float32)[None, :]
         return (base + 0.01 * h + 0.1 * a).astype(np.float32)  # (H, A)

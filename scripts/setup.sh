@@ -66,4 +66,9 @@ $PIP install -q --no-deps \
 log "configuring LIBERO offline"
 MUJOCO_GL=egl "$VENV/bin/python" -m envs.libero_setup
 
+# --- 6. ROS 2 side, in its own venv (.venv-ros): the ROS wheels re-exec every Python in the
+# venv they live in, so they never go into .venv. The ros tests run real ROS 2 nodes with it.
+log "setting up the ROS 2 environment (.venv-ros)"
+bash "$REPO_ROOT/scripts/setup_ros.sh" || log "ROS environment not built; the ros tests will retry or skip"
+
 log "done: activate with 'source .venv/bin/activate' or call .venv/bin/vla directly"

@@ -52,6 +52,11 @@ def _parse_overrides(pairs: list[str]) -> dict:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+        if key == "head" and isinstance(overrides[key], dict):
+            # A head is a type, not flags: --set 'head={"type": "regression"}' builds that config.
+            from vla.heads import head_config_from_dict
+
+            overrides[key] = head_config_from_dict(overrides[key])
     return overrides
 
 

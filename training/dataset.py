@@ -180,7 +180,7 @@ class ChunkedLeRobotDataset(Dataset):
             TASK: self._task_names[int(self._task_index[row])],
         }
         for camera, frames in self._frames.items():
-            image = torch.from_numpy(np.ascontiguousarray(frames[row]))  # (S, S, 3) uint8
+            image = torch.from_numpy(np.array(frames[row]))  # (S, S, 3) uint8, copied off the memmap
             item[OBS_IMAGE_PREFIX + camera] = image.permute(2, 0, 1).float() / 255.0  # (3, S, S)
         return item
 

@@ -230,6 +230,7 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
     val_set = full.subset(val_episodes) if val_episodes else None
     stats = dataset_stats(train_set)
 
+    torch.manual_seed(train_config.seed)  # the initial weights are part of what a seed fixes
     model = VLAModel(model_config, stats=stats)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],

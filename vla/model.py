@@ -121,8 +121,12 @@ class VLAModel(nn.Module):
     # ------------------------------------------------------------------------------------------
     # Forward
 
-    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, RoutingTrace]:
-        """Observation part of the batch -> (cond (B, R, D), routing trace)."""
+    def embed_sequence(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, slice, int]:
+        """Observation part of the batch -> the backbone's input sequence.
+
+        Returns x (B, N, D) = [text | visual | proprio | readout], key_mask (B, N) bool (False
+        only at padded text), the slice of the visual tokens, and the text length L.
+        """
         images, state, tokens, text_mask = self._check_batch(batch)
         b = tokens.shape[0]
         text = self.language.embed_text(tokens)  # (B, L, D)
@@ -138,13 +142,19 @@ class VLAModel(nn.Module):
         x = torch.cat([text, visual, proprio, readout], dim=1)  # (B, N, D)
         n_text, n_visual = text.shape[1], visual.shape[1]
         always = torch.ones(b, n_visual + 1 + readout.shape[1], dtype=torch.bool, device=x.device)
-        key_mask = torch.cat([text_mask, always], dim=1)  # (B, N): False only at text padding
-        hidden, trace = run_backbone(
-            self.language, x, key_mask, slice(n_text, n_text + n_visual), n_text, self.pruner,
-            self._current_budget(),
-        )
-        cond = hidden[:, -readout.shape[1]:]  # (B, R, D): the readout tokens' final states
-        return cond, trace
+        key_mask = torch.cat([text_mask, always], dim=1)  # (B, N)
+        return x, key_mask, slice(n_text, n_text + n_visual), n_text
+
+    def run_backbone(self, x: torch.Tensor, key_mask: torch.Tensor, visual: slice,
+                     n_text: int) -> tuple[torch.Tensor, RoutingTrace]:
+        """The language backbone with stage-2 routing: sequence (B, N, D) -> cond (B, R, D)."""
+        hidden, trace = run_backbone(self.language, x, key_mask, visual, n_text, self.pruner,
+                                     self._current_budget())
+        return hidden[:, -self.config.num_readout_tokens:], trace  # the readout tokens' states
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, RoutingTrace]:
+        """Observation part of the batch -> (cond (B, R, D), routing trace)."""
+        return self.run_backbone(*self.embed_sequence(batch))
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Batch with raw ``action`` (B, H, A) (+ optional ``action_is_pad`` (B, H)) -> (B, H)
