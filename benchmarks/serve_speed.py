@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from robots.server import FixedLatencyPolicy, PolicyServer, ServerConfig
 
     if args.policy:
-        from policies import VLAPolicy
+        from policies.vla_policy import VLAPolicy
 
         policy = VLAPolicy.from_checkpoint(args.policy)
         meta = policy.metadata

@@ -648,7 +648,6 @@ class _Workers:
 
 def _run_pool(config, tasks, rollout, staging_root, record) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per video otherwise
     workers = _Workers(config.workers, rollout)
     try:
         while True:

@@ -32,6 +32,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -190,6 +191,7 @@ def encode_video(frames: np.ndarray, path: Path, *, fps: int, vcodec: str = DEFA
 
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames {frames.dtype} {frames.shape}: expected uint8 (T, H, W, 3)")
+    os.environ.setdefault("SVT_LOG", "1")  # errors only: SVT-AV1 prints a banner per video otherwise
     options = {"g": "2", "crf": "30"}
     if vcodec == "libsvtav1":
         # One encoder thread: the collection already runs one worker per core.
@@ -430,9 +432,34 @@ def build_lerobot_dataset(
     ``root`` must not exist. ``extra_meta`` goes to ``<root>/meta/collection.json``.
     ``on_episode()`` is called after each episode (progress bars).
     """
+    with _quiet_writer_logs():
+        return _build(episodes, Path(root), spec, repo_id, extra_meta, robot_type, on_episode)
+
+
+@contextmanager
+def _quiet_writer_logs():
+    """Silences what LeRobot's writer prints per episode (a `datasets` progress bar, FFmpeg notes)."""
+    import av
+    import datasets
+
+    bars_were_on = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    # LeRobot re-installs FFmpeg's own stderr logger after each video it probes, and FFmpeg then
+    # prints an INFO note per concatenated episode. Keep PyAV's (silent) logger meanwhile.
+    restore = av.logging.restore_default_callback
+    av.logging.restore_default_callback = lambda: None
+    av.logging.set_level(None)
+    try:
+        yield
+    finally:
+        av.logging.restore_default_callback = restore
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def _build(episodes, root: Path, spec: DatasetSpec, repo_id: str, extra_meta, robot_type, on_episode) -> Path:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    root = Path(root)
     dataset = LeRobotDataset.create(
         repo_id,
         fps=spec.fps,

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             f"this port can drive the policy (set --token or ${TOKEN_ENV})",
             file=sys.stderr,
         )
-    from policies import VLAPolicy  # heavy (torch): only once we know the arguments are sane
+    from policies.vla_policy import VLAPolicy  # heavy (torch): only once the arguments are sane
 
     policy = VLAPolicy.from_checkpoint(args.policy, device=args.device)
     server = PolicyServer(policy, config)
