@@ -25,22 +25,28 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import multiprocessing
 import os
-import queue
 import shlex
 import shutil
-import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
-from envs.keys import OBS_STATE, image_key
+from envs.collect_workers import (
+    AttemptResult,
+    Failure,
+    LiberoExpertRollout,
+    RolloutJob,
+    Workers,
+    run_attempt,
+)
 from envs.suites import SUITES
+
+__all__ = ["AttemptResult", "CollectConfig", "CollectError", "CollectReport", "Failure",
+           "LiberoExpertRollout", "RolloutJob", "collect", "parse_task_ids", "register", "run"]
 
 RENDERERS = ("fast", "standard")
 STAGING_DIR = ".staging"
@@ -158,144 +164,6 @@ def parse_task_ids(text: str, suite: str) -> tuple[int, ...]:
                 "such as 0,3,7, a range such as 0-4, or all"
             ) from None
     return tuple(ids)
-
-
-# ----------------------------------------------------------------------------- recording
-
-
-@dataclass(frozen=True)
-class RolloutJob:
-    """One attempt: run the expert on ``task_id`` from init state ``init_state``."""
-
-    suite: str
-    task_id: int
-    init_state: int
-    image_size: int
-    renderer: str
-    cameras: tuple[str, ...]
-    max_episode_steps: int | None
-    staging: str  # the EpisodeStaging root
-    fps: int
-    vcodec: str
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    task_id: int
-    init_state: int
-    success: bool
-    steps: int
-    reason: str = ""  # why it failed
-    seconds: float = 0.0
-
-
-class Failure(Exception):
-    """An attempt that ended without success (not a bug: the expert just did not make it)."""
-
-    def __init__(self, reason: str, steps: int):
-        super().__init__(reason)
-        self.reason, self.steps = reason, steps
-
-
-class LiberoExpertRollout:
-    """Records one episode of the scripted expert in LIBERO (runs in a worker process).
-
-    Frame t is the observation the expert acted on and the action it took; the episode ends at
-    the first step LIBERO reports success (the final observation is not recorded). The env and
-    expert of the last task are kept for the next attempt: building a LIBERO env takes ~10 s.
-    """
-
-    name = "envs.experts.ScriptedExpert"
-
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._env = None
-        self._expert = None
-
-    def __getstate__(self) -> dict:  # sent to workers without any live env
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__()
-
-    def _env_for(self, job: RolloutJob):
-        key = (job.suite, job.task_id, job.image_size, job.renderer, job.cameras, job.max_episode_steps)
-        if key != self._key:
-            self.close()
-            from envs.experts import make_expert
-            from envs.libero_env import make_libero_env
-
-            self._env = make_libero_env(
-                job.suite,
-                job.task_id,
-                image_size=job.image_size,
-                renderer=job.renderer,
-                cameras=job.cameras,
-                max_episode_steps=job.max_episode_steps,
-            )
-            self._expert = make_expert(self._env)
-            self._key = key
-        return self._env, self._expert
-
-    def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-        self._key = self._env = self._expert = None
-
-    def __call__(self, job: RolloutJob):
-        from envs.lerobot_writer import RecordedEpisode
-
-        env, expert = self._env_for(job)
-        try:
-            obs, _ = env.reset(seed=job.init_state, options={"init_state": job.init_state})
-            expert.reset()
-            images: dict[str, list[np.ndarray]] = {camera: [] for camera in job.cameras}
-            states: list[np.ndarray] = []
-            actions: list[np.ndarray] = []
-            while True:
-                action = np.asarray(expert.act(obs), dtype=np.float32)  # (7,)
-                for camera in job.cameras:
-                    images[camera].append(obs[image_key(camera)])
-                states.append(obs[OBS_STATE])
-                actions.append(action)
-                obs, _, terminated, truncated, info = env.step(action)
-                if info["is_success"]:
-                    break
-                if terminated or truncated:
-                    raise Failure(f"no success within {len(actions)} steps", len(actions))
-        except Failure:
-            raise
-        except Exception:
-            self.close()  # the env may be in a broken state: rebuild it for the next attempt
-            raise
-        return RecordedEpisode(
-            task_id=job.task_id,
-            init_state=job.init_state,
-            instruction=env.instruction,
-            images={camera: np.stack(frames) for camera, frames in images.items()},  # (T, S, S, 3)
-            state=np.stack(states).astype(np.float32),  # (T, 8)
-            action=np.stack(actions),  # (T, 7)
-        )
-
-
-def run_attempt(job: RolloutJob, rollout: Callable[[RolloutJob], Any]) -> AttemptResult:
-    """Runs one attempt and records its outcome in the staging folder (atomically)."""
-    from envs.lerobot_writer import EpisodeStaging
-
-    staging = EpisodeStaging(job.staging)
-    start = time.perf_counter()
-    try:
-        episode = rollout(job)
-    except Failure as failure:
-        reason, steps = failure.reason, failure.steps
-    except Exception as error:  # an expert or simulator error: recorded, reported, not fatal
-        reason, steps = f"error: {type(error).__name__}: {error}", 0
-    else:
-        staging.stage_episode(episode, fps=job.fps, vcodec=job.vcodec)
-        return AttemptResult(job.task_id, job.init_state, True, episode.length, "",
-                             time.perf_counter() - start)
-    staging.record_failure(job.task_id, job.init_state, {"reason": reason, "steps": steps})
-    return AttemptResult(job.task_id, job.init_state, False, steps, reason, time.perf_counter() - start)
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -483,12 +351,19 @@ def collect(
         staging.create_dirs()
         staging.clean_tmp()
         for (task_id, init_state), success in staging.outcomes().items():
-            if task_id in tasks:
-                (tasks[task_id].successes if success else tasks[task_id].failures).add(init_state)
+            if task_id not in tasks:
+                continue
+            if not success and _is_error(staging.failure_reason(task_id, init_state)):
+                continue  # a crash, not the expert's failure: may be transient, so try again
+            (tasks[task_id].successes if success else tasks[task_id].failures).add(init_state)
         new_attempts = _run_attempts(config, tasks, rollout, staging, progress, _crash_after_attempts)
         _build_and_commit(config, tasks, instructions, staging, expert_name, progress)
     shutil.rmtree(staging_root)
     return CollectReport(config.out, tasks, instructions, time.perf_counter() - start, new_attempts)
+
+
+def _is_error(reason: dict[str, Any] | None) -> bool:
+    return bool(reason) and str(reason.get("reason", "")).startswith("error:")
 
 
 def _jobs(config: CollectConfig, tasks: dict[int, TaskProgress], staging_root: str, limit: int):
@@ -543,112 +418,9 @@ def _run_attempts(config, tasks, rollout, staging, progress, crash_after) -> int
     return attempts
 
 
-def _worker_main(rollout: Callable[[RolloutJob], Any], jobs, results, slot: int) -> None:
-    """A recording process: runs the jobs it is sent until it receives None."""
-    # Ctrl-C is the main process's business (it terminates the workers); workers that also
-    # caught it would each print a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    try:
-        while True:
-            try:
-                job = jobs.get(timeout=2.0)
-            except queue.Empty:
-                # After a kill -9 of the main process nothing ends this loop: leave on our own.
-                if parent is not None and not parent.is_alive():
-                    return
-                continue
-            if job is None:
-                return
-            try:
-                results.put((slot, run_attempt(job, rollout)))
-            except Exception as error:  # a bug in recording or staging: the main process raises it
-                results.put((slot, RuntimeError(f"worker {slot}, {job}: {type(error).__name__}: {error}")))
-    finally:
-        if hasattr(rollout, "close"):
-            rollout.close()
-
-
-class _Workers:
-    """Recording processes with one job each at a time.
-
-    Not ``multiprocessing.Pool``: when a worker dies (a simulator segfault, the OOM killer),
-    Pool silently replaces it and waits forever for the lost job. Here a dead worker's job is
-    recorded as a failed attempt and a fresh worker takes its slot.
-    """
-
-    def __init__(self, count: int, rollout: Callable[[RolloutJob], Any]):
-        # spawn, not fork: LIBERO/EGL hang in forked children (PLATFORM.md).
-        self._context = multiprocessing.get_context("spawn")
-        self._rollout = rollout
-        self.results = self._context.Queue()
-        self._procs: list[Any] = [None] * count
-        self._inboxes: list[Any] = [None] * count
-        self.jobs: list[RolloutJob | None] = [None] * count
-        for slot in range(count):
-            self._start(slot)
-
-    def _start(self, slot: int) -> None:
-        self._inboxes[slot] = self._context.Queue()
-        self._procs[slot] = self._context.Process(
-            target=_worker_main, args=(self._rollout, self._inboxes[slot], self.results, slot),
-            daemon=True, name=f"vla-collect-{slot}",
-        )
-        self._procs[slot].start()
-
-    def idle(self) -> list[int]:
-        return [slot for slot, job in enumerate(self.jobs) if job is None]
-
-    def busy(self) -> int:
-        return sum(job is not None for job in self.jobs)
-
-    def submit(self, slot: int, job: RolloutJob) -> None:
-        self.jobs[slot] = job
-        self._inboxes[slot].put(job)
-
-    def next_result(self, timeout: float) -> AttemptResult | None:
-        """The next finished attempt, or None after ``timeout`` s (keeps Ctrl-C responsive)."""
-        try:
-            slot, result = self.results.get(timeout=timeout)
-        except queue.Empty:
-            return self._reap_dead()
-        self.jobs[slot] = None
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def _reap_dead(self) -> AttemptResult | None:
-        for slot, job in enumerate(self.jobs):
-            if job is not None and not self._procs[slot].is_alive():
-                code = self._procs[slot].exitcode
-                reason = f"error: worker process died (exit code {code}) during the attempt"
-                from envs.lerobot_writer import EpisodeStaging
-
-                EpisodeStaging(job.staging).record_failure(job.task_id, job.init_state, {"reason": reason, "steps": 0})
-                self.jobs[slot] = None
-                self._start(slot)
-                return AttemptResult(job.task_id, job.init_state, False, 0, reason)
-        return None
-
-    def close(self) -> None:
-        for slot, inbox in enumerate(self._inboxes):
-            if self._procs[slot].is_alive():
-                inbox.put(None)
-        for proc in self._procs:
-            proc.join(timeout=30)
-
-    def terminate(self) -> None:
-        for proc in self._procs:
-            if proc is not None and proc.is_alive():
-                proc.terminate()  # staging is atomic: a killed attempt leaves only tmp/ files
-        for proc in self._procs:
-            if proc is not None:
-                proc.join(timeout=10)
-
-
 def _run_pool(config, tasks, rollout, staging_root, record) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    workers = _Workers(config.workers, rollout)
+    workers = Workers(config.workers, rollout)
     try:
         while True:
             idle = workers.idle()
@@ -757,7 +529,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Collect scripted-expert demonstrations into a LeRobot dataset.",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument("--suite", required=True, help=f"LIBERO suite: {', '.join(SUITES)}")
+    parser.add_argument("--suite", required=True,
+                        help="LIBERO suite with a scripted expert: libero_object or libero_spatial")
     parser.add_argument("--tasks", default="all", help="task ids: 0,3,7 or 0-4 or all (default: all)")
     parser.add_argument("--episodes-per-task", type=int, required=True, help="successful episodes to keep per task")
     parser.add_argument("--image-size", type=int, default=128, help="square camera images, pixels (default 128)")

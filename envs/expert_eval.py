@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 DEFAULT_SUITES = "libero_object,libero_spatial"
-CHUNK = 5  # init states per job: progress granularity vs env re-creation per job
+# Init states per job: a job builds its task's env once (about 6-10 s), then runs them all.
+CHUNK = 10
 
 # Per-worker cache so consecutive jobs of the same task reuse the env (creation takes ~6-10 s).
 _WORKER_CACHE: dict[str, object] = {}
@@ -37,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--tasks", default=None, help="comma-separated task ids (default: all)")
     parser.add_argument(
-        "--init-states", type=int, default=50, help="run init states 0..N-1 of each task (default 50)"
+        "--init-states",
+        type=int,
+        default=50,
+        help="run init states 0..N-1 of each task (default 50)",
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="write results JSON here")
@@ -157,17 +161,29 @@ def run(args: argparse.Namespace) -> int:
             instructions[(suite, task_id)] = task_info(suite, task_id).instruction
             inits = list(range(args.init_states))
             jobs += [(suite, task_id, inits[i : i + CHUNK]) for i in range(0, len(inits), CHUNK)]
+    # Round-robin over tasks (init states 0-9 of every task, then 10-19, ...), so that an
+    # interrupted run still measures every task on the same init states.
+    jobs.sort(key=lambda job: job[2][0])
 
     total = sum(len(job[2]) for job in jobs)
     episodes: list[dict] = []
     start = time.perf_counter()
+
+    def record(done: list[dict], bar) -> None:
+        episodes.extend(done)
+        bar.update(len(done))
+        bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
+        for e in done:
+            if not e["success"]:
+                bar.write(f"failed: {e['suite']} task {e['task_id']} init state {e['init_state']} "
+                          f"(ended in phase {e['final_phase']}, {e['regrasps']} re-grasps)")
+        if args.out is not None:  # rewritten after every job: an interrupted run keeps its data
+            _write_report(args, episodes, instructions, start, complete=len(episodes) == total)
+
     with tqdm(total=total, desc="expert episodes", unit="ep", file=sys.stderr) as bar:
         if args.workers == 1:
             for job in jobs:
-                done = _run_job(job)
-                episodes += done
-                bar.update(len(done))
-                bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
+                record(_run_job(job), bar)
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -176,25 +192,28 @@ def run(args: argparse.Namespace) -> int:
             with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
                 futures = [pool.submit(_run_job, job) for job in jobs]
                 for future in as_completed(futures):
-                    done = future.result()
-                    episodes += done
-                    bar.update(len(done))
-                    bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
+                    record(future.result(), bar)
     elapsed = time.perf_counter() - start
 
-    rows = _summarize(episodes, instructions)
-    print(format_table(rows))
+    print(format_table(_summarize(episodes, instructions)))
     print(f"{len(episodes)} episodes in {elapsed / 60:.1f} min with {args.workers} worker(s)")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {
-            "command": "vla experts " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["experts"] else sys.argv[1:]),
-            "init_states": args.init_states,
-            "workers": args.workers,
-            "seconds": round(elapsed, 1),
-            "tasks": rows,
-            "episodes": sorted(episodes, key=lambda e: (e["suite"], e["task_id"], e["init_state"])),
-        }
-        args.out.write_text(json.dumps(report, indent=2))
         print(f"wrote {args.out}")
     return 0
+
+
+def _write_report(args, episodes, instructions, start: float, *, complete: bool) -> None:
+    argv = sys.argv[2:] if sys.argv[1:2] == ["experts"] else sys.argv[1:]
+    report = {
+        "command": "vla experts " + " ".join(argv),
+        "complete": complete,
+        "init_states": args.init_states,
+        "workers": args.workers,
+        "seconds": round(time.perf_counter() - start, 1),
+        "tasks": _summarize(episodes, instructions),
+        "episodes": sorted(episodes, key=lambda e: (e["suite"], e["task_id"], e["init_state"])),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(args.out)  # atomic: a reader never sees half a file

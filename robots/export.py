@@ -352,11 +352,31 @@ def convert_fp16(out: Path, files: dict[str, str], log=print) -> dict[str, str]:
         target = file.replace(".onnx", "_fp16.onnx")
         graph = onnx.load(str(out / file))
         # keep_io_types: the runtime feeds float32 and reads float32 whatever the precision.
-        converted = convert_float_to_float16(graph, keep_io_types=True)
+        converted = convert_float_to_float16(graph, keep_io_types=True,
+                                             node_block_list=sorted(_fp32_nodes(graph.graph)))
         onnx.save(converted, str(out / target))
         fp16_files[name] = target
         log(f"  {target:<24}converted")
     return fp16_files
+
+
+def _fp32_nodes(graph) -> set[str]:
+    """Nodes kept in fp32 by --fp16: every Sin/Cos and all their ancestors.
+
+    That is the sinusoidal timestep embedding (and rotary position tables, in backbones that
+    have them): its argument t * 1000 * freq reaches ~1000, where fp16 resolves only 0.5, so in
+    fp16 the sinusoids of nearby timesteps would be noise. The subgraph is a handful of
+    elementwise ops on (B, dim/2) tensors: keeping it in fp32 costs nothing measurable."""
+    producer = {out: node for node in graph.node for out in node.output}
+    keep: set[str] = set()
+    stack = [node for node in graph.node if node.op_type in ("Sin", "Cos")]
+    while stack:
+        node = stack.pop()
+        if node.name in keep:
+            continue
+        keep.add(node.name)
+        stack.extend(producer[i] for i in node.input if i in producer)
+    return keep
 
 
 def _max_text_length(model) -> int:

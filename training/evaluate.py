@@ -54,7 +54,12 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init(policy_spec: Any, protocol: EvalProtocol, video_dir: str | None) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
+    # Import the model stack before any environment exists: importing triton (pulled in lazily by
+    # torch._dynamo, torchvision.ops, lerobot) after an EGL context was created segfaults.
     import torch
+    import torch._dynamo  # noqa: F401
+
+    import policies  # noqa: F401
 
     # One thread per worker: workers are the parallelism; oversubscription slows everyone.
     torch.set_num_threads(1)

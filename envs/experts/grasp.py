@@ -51,7 +51,7 @@ def footprint_points(scene: Scene, name: str) -> np.ndarray:  # (P, 2) world xy 
 
 
 def narrowest_axis(points: np.ndarray, center: np.ndarray) -> tuple[float, float]:
-    """Angle (rad) of the horizontal direction along which ``points`` are narrowest, and that width."""
+    """Angle (rad) of the horizontal direction along which ``points`` are narrowest; that width."""
     angles = np.linspace(0.0, np.pi, 36, endpoint=False)
     directions = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (36, 2)
     projected = (points - center[:2]) @ directions.T  # (P, 36)
@@ -60,7 +60,9 @@ def narrowest_axis(points: np.ndarray, center: np.ndarray) -> tuple[float, float
     return float(angles[best]), float(widths[best])
 
 
-def gripper_points(pos: np.ndarray, finger_angle: float, opening: float = MAX_OPENING) -> np.ndarray:
+def gripper_points(
+    pos: np.ndarray, finger_angle: float, opening: float = MAX_OPENING
+) -> np.ndarray:
     """Sample points (N, 3) on the open gripper's fingers and palm at a grasp pose."""
     u = np.array([np.cos(finger_angle), np.sin(finger_angle), 0.0])  # finger axis
     v = np.array([-u[1], u[0], 0.0])

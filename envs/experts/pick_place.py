@@ -3,8 +3,8 @@
 A phase machine over privileged state; each phase sets a target gripper pose and gripper
 command, and :class:`~envs.experts.motion.PoseController` turns that into a smooth action::
 
-    APPROACH  above the grasp point at a safe height, rotate fingers to the grasp yaw (open)
-    DESCEND   straight down to the grasp point (open)
+    APPROACH  above the grasp point at a safe height, rotate fingers to the grasp yaw, settle
+    DESCEND   straight down to the grasp point (open); stops early when the hand stalls
     GRASP     hold still and close the fingers
     LIFT      straight up to the carry height; a lift without the object goes back to APPROACH
     CARRY     at carry height, to above the target (object-in-hand offset compensated)
@@ -53,7 +53,8 @@ class ExpertConfig:
     open_steps: int = 10
     retreat_height: float = 0.10
     max_regrasps: int = 2
-    position_tolerance: float = 0.01
+    position_tolerance: float = 0.006
+    settle_speed: float = 0.003  # m/step: the hand counts as settled below this
     yaw_tolerance: float = 0.08
     wrist_margin: float = 0.25  # rad kept from the wrist joint's limits
     slow_zone: float = 0.03  # the last metres of a vertical approach run at fine_speed
@@ -72,6 +73,7 @@ class ExpertConfig:
             "basket_release_above",
             "retreat_height",
             "position_tolerance",
+            "settle_speed",
             "yaw_tolerance",
             "wrist_margin",
             "aim_below",
@@ -140,7 +142,14 @@ class ScriptedExpert:
         return np.concatenate([arm, [self.grip]]).astype(np.float32)
 
     def _reached(self, pos: np.ndarray, tol: float | None = None) -> bool:
-        return bool(np.linalg.norm(self.scene.eef_pos() - pos) < (tol or self.config.position_tolerance))
+        tol = tol or self.config.position_tolerance
+        return bool(np.linalg.norm(self.scene.eef_pos() - pos) < tol)
+
+    def _speed(self, eef: np.ndarray) -> float:
+        """Gripper speed in metres per step, from the last step of this phase."""
+        last = self._targets.get("last_eef")
+        self._targets["last_eef"] = eef.copy()
+        return np.inf if last is None else float(np.linalg.norm(eef - last))
 
     def _stalled(self, eef: np.ndarray, window: int = 5, distance: float = 0.0015) -> bool:
         """The gripper moved less than ``distance`` over the last ``window`` steps of this phase
@@ -201,7 +210,8 @@ class ScriptedExpert:
             support = float(self.scene.object_box(goal.target_object).low[2]) + 0.01
             return center[:2], max(support, center[2] - half[2]) + self.config.basket_release_above
         box = self.scene.object_box(goal.target)
-        return self.scene.object_pos(goal.target)[:2], float(box.high[2]) + self.config.release_above
+        support = float(box.high[2]) + self.config.release_above
+        return self.scene.object_pos(goal.target)[:2], support
 
     # --- phases (each returns an action, or None to fall through to the next phase) ---------
     def _approach(self):
@@ -216,12 +226,21 @@ class ScriptedExpert:
             self._yaw = self._yaw_for(self.grasp.finger_angle)
             eef = self.scene.eef_pos()
             top = self._obstacle_top(eef[:2], self.grasp.pos[:2], 0.06, exclude=(self.goal.obj,))
-            hover = max(self.grasp.pos[2] + cfg.hover_above, top + FINGERTIP_BELOW + cfg.safe_margin)
+            hover = max(
+                self.grasp.pos[2] + cfg.hover_above, top + FINGERTIP_BELOW + cfg.safe_margin
+            )
             self._targets["pos"] = np.array([*self.grasp.pos[:2], hover])
         self.grip = OPEN
         target = self._targets["pos"]
-        yaw_ok = np.linalg.norm(rotation_error(self._rot(), self.scene.eef_rot())) < cfg.yaw_tolerance
-        if self._reached(target, 0.015) and yaw_ok:
+        yaw_error = np.linalg.norm(rotation_error(self._rot(), self.scene.eef_rot()))
+        yaw_ok = yaw_error < cfg.yaw_tolerance
+        eef = self.scene.eef_pos()
+        xy_error = np.linalg.norm(eef[:2] - target[:2])
+        # Descend only once the hand has settled over the grasp point: arriving with momentum
+        # would carry the fingers past it and onto the object's top.
+        settled = self._speed(eef) < cfg.settle_speed
+        height_ok = abs(eef[2] - target[2]) < 0.03
+        if xy_error < cfg.position_tolerance and height_ok and yaw_ok and settled:
             self._enter("descend")
             return None
         return self._move(target, self._rot(), cfg.travel_speed)
@@ -233,8 +252,12 @@ class ScriptedExpert:
         if eef[2] <= target[2] + cfg.arrive_tolerance or self._stalled(eef):
             self._enter("grasp")
             return None
-        # Aim a little below the grasp point so the proportional approach does not crawl in.
+        # Aim a little below the grasp point so the proportional approach does not crawl in;
+        # hold the height while the hand drifts off the grasp axis, so the fingers never come
+        # down on the object's top.
         aim = target - np.array([0.0, 0.0, cfg.aim_below])
+        if np.linalg.norm(eef[:2] - target[:2]) > 2 * cfg.position_tolerance:
+            aim[2] = eef[2]
         return self._move(aim, self._rot(), self._vertical_speed(eef[2] - target[2]))
 
     def _grasp(self):
@@ -257,11 +280,13 @@ class ScriptedExpert:
         cfg = self.config
         if "pos" not in self._targets:
             eef = self.scene.eef_pos()
-            self._targets["pos"] = np.array([eef[0], eef[1], max(self._carry_height(), eef[2] + 0.05)])
+            carry_z = max(self._carry_height(), eef[2] + 0.05)
+            self._targets["pos"] = np.array([eef[0], eef[1], carry_z])
             self._targets["obj_z"] = self.scene.object_pos(self.goal.obj)[2]
+            self._targets["eef_z"] = eef[2]
         target = self._targets["pos"]
         lifted = self.scene.object_pos(self.goal.obj)[2] - self._targets["obj_z"]
-        risen = self.scene.eef_pos()[2] - (self.grasp.pos[2])
+        risen = self.scene.eef_pos()[2] - self._targets["eef_z"]
         if risen > 0.04 and lifted < 0.5 * risen:  # the object stayed behind: grasp failed
             if self.regrasps < cfg.max_regrasps:
                 self.regrasps += 1
@@ -271,7 +296,9 @@ class ScriptedExpert:
         if self._reached(target, 0.02):
             self._enter("carry")
             return None
-        return self._move(target, self._rot(), cfg.descend_speed if self.phase_steps < 8 else cfg.travel_speed)
+        # Break the object loose gently, then travel.
+        speed = cfg.descend_speed if self.phase_steps < 8 else cfg.travel_speed
+        return self._move(target, self._rot(), speed)
 
     def _carry(self):
         cfg = self.config
@@ -308,8 +335,14 @@ class ScriptedExpert:
 
     def _retreat(self):
         if "pos" not in self._targets:
-            self._targets["pos"] = self.scene.eef_pos() + np.array([0, 0, self.config.retreat_height])
+            up = np.array([0.0, 0.0, self.config.retreat_height])
+            self._targets["pos"] = self.scene.eef_pos() + up
+        if self._reached(self._targets["pos"], 0.01):
+            self._enter("done")
+            return None
         return self._move(self._targets["pos"], self._rot(), self.config.descend_speed)
 
     def _done(self):
-        return self._move(self.scene.eef_pos(), self._rot(), self.config.fine_speed)
+        if "pos" not in self._targets:
+            self._targets["pos"] = self.scene.eef_pos()
+        return self._move(self._targets["pos"], self._rot(), self.config.fine_speed)  # hold

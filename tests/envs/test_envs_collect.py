@@ -299,6 +299,26 @@ def test_resume_after_crash_during_build_and_commit(tmp_path, monkeypatch):
     np.testing.assert_array_equal(dataset_columns(dataset)["action"], expected)
 
 
+def test_dead_worker_costs_its_attempt_not_the_collection(tmp_path):
+    """A worker that dies mid-attempt (here: SystemExit, as a segfault would) is replaced."""
+    import sys
+
+    out = tmp_path / "D"
+    # sys.exit(job) kills the worker process: SystemExit is not an Exception, nothing catches it.
+    with pytest.raises(CollectError, match="no successful episode"):
+        collect(make_config(out, task_ids=(4,), workers=2), rollout=sys.exit,
+                task_meta=fake_task_meta(3), expert_name="exit", progress=False)
+    staging = EpisodeStaging(out / ".staging")
+    assert staging.outcomes() == {(4, 0): False, (4, 1): False, (4, 2): False}
+    assert "worker process died" in staging.failure_reason(4, 1)["reason"]
+
+    # Crashes may be transient (the OOM killer): a re-run tries those init states again.
+    rollout = SyntheticRollout()
+    run_synthetic(make_config(out, task_ids=(4,), workers=0), rollout, num_init_states=3)
+    assert rollout.calls == [(4, 0), (4, 1)]
+    assert load(out).num_episodes == 2
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

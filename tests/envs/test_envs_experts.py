@@ -199,3 +199,22 @@ def test_spatial_expert_episode_succeeds_smoothly():
     assert result.success, f"expert failed: {result}"
     assert result.steps < 220
     _assert_imitable(result.actions, expert)
+
+
+def test_make_expert_unwraps_wrappers_and_rejects_other_objects():
+    from envs.experts.scene import unwrap_libero_env
+
+    class Problem:  # the shape of LIBERO's problem env: a sim and a parsed BDDL problem
+        sim = object()
+        parsed_problem = {}
+
+    class ControlEnv:  # LIBERO's OffScreenRenderEnv keeps the problem env in .env
+        env = Problem()
+
+    class GymEnv:  # our gymnasium wrapper exposes LIBERO's env as .libero_env
+        libero_env = ControlEnv()
+
+    assert isinstance(unwrap_libero_env(GymEnv()), Problem)
+    assert isinstance(unwrap_libero_env(ControlEnv()), Problem)
+    with pytest.raises(TypeError, match="expects a LIBERO env"):
+        unwrap_libero_env(object())
