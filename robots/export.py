@@ -352,8 +352,9 @@ def convert_fp16(out: Path, files: dict[str, str], log=print) -> dict[str, str]:
         target = file.replace(".onnx", "_fp16.onnx")
         graph = onnx.load(str(out / file))
         # keep_io_types: the runtime feeds float32 and reads float32 whatever the precision.
-        converted = convert_float_to_float16(graph, keep_io_types=True,
-                                             node_block_list=sorted(_fp32_nodes(graph.graph)))
+        kept = _fp32_nodes(graph.graph)
+        converted = convert_float_to_float16(copy.deepcopy(graph), keep_io_types=True, node_block_list=sorted(kept))
+        _restore_fp32_islands(converted, graph, kept)
         onnx.save(converted, str(out / target))
         fp16_files[name] = target
         log(f"  {target:<24}converted")
@@ -377,6 +378,66 @@ def _fp32_nodes(graph) -> set[str]:
         keep.add(node.name)
         stack.extend(producer[i] for i in node.input if i in producer)
     return keep
+
+
+def _restore_fp32_islands(converted, original, kept: set[str]) -> None:
+    """Make the nodes kept in fp32 really compute on fp32 values.
+
+    The converter isolates each kept node: it casts the node's inputs fp16 -> fp32 and its
+    outputs fp32 -> fp16, so between two kept nodes a value is rounded to fp16 anyway, and fp32
+    constants (the embedding's frequencies) are stored as fp16. Rewire each kept node's input
+    Cast(to=float) to the fp32 value it was made from: a float graph input or another kept
+    node's output (skipping the Cast(to=float16) in between), or an fp32 copy of the original
+    initializer. The bypassed casts and fp16 initializers left unused are then removed."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = converted.graph
+    original_inits = {init.name: init for init in original.graph.initializer}
+    fp16_inits = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT16}
+    fp32_inits = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    fp32_values = {i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    fp32_values |= {out for node in graph.node if node.name in kept for out in node.output}
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def cast_to(node) -> int | None:
+        if node is None or node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    rename: dict[str, str] = {}
+    added: dict[str, str] = {}
+    for node in graph.node:
+        if cast_to(node) != onnx.TensorProto.FLOAT:
+            continue
+        source = node.input[0]
+        inner = producer.get(source)
+        if source in fp32_inits:
+            rename[node.output[0]] = source  # a no-op cast of a constant the converter left in fp32
+        elif cast_to(inner) == onnx.TensorProto.FLOAT16 and inner.input[0] in fp32_values:
+            rename[node.output[0]] = inner.input[0]  # fp32 -> fp16 -> fp32 round trip
+        elif source in fp16_inits and source in original_inits and \
+                original_inits[source].data_type == onnx.TensorProto.FLOAT:
+            if source not in added:  # the original fp32 constant, under a new name
+                copy_name = f"{source}__fp32"
+                graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(original_inits[source]), copy_name))
+                added[source] = copy_name
+            rename[node.output[0]] = added[source]
+    for node in graph.node:
+        if node.name in kept:
+            for k, name in enumerate(node.input):
+                node.input[k] = rename.get(name, name)
+    # Drop what no longer feeds anything (bypassed casts, then the fp16 constants they read).
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
 def _max_text_length(model) -> int:
@@ -615,6 +676,15 @@ def parity_passed(report: dict[str, Any]) -> bool:
 # Orchestration
 
 
+def _remove_previous_export(out: Path) -> None:
+    """Delete the files an earlier export wrote to `out` (and only those), so that no stale graph
+    (e.g. an fp16 one from an earlier --fp16 run) sits next to the new export_meta.json."""
+    names = [f"{g}{suffix}.onnx" for g in ("encoder", "denoiser_step", "head") for suffix in ("", "_fp16")]
+    for name in [*names, rt.META_FILE, PARITY_FILE, "stats.json", TRT_SCRIPT]:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tokenizer", ignore_errors=True)
+
+
 def load_model(checkpoint: Path):
     from vla import CheckpointError, VLAModel
 
@@ -626,7 +696,8 @@ def load_model(checkpoint: Path):
 
 def export_policy(checkpoint: str | Path, out: str | Path, options: ExportOptions | None = None,
                   *, model=None, log=print) -> dict[str, Any]:
-    """Export `checkpoint` (or an already loaded `model`) to `out`; returns the parity report."""
+    """Export `checkpoint` (or an already loaded `model`, whose token budget is set to
+    ``options.token_budget`` when given) to `out`; returns the parity report (parity.json)."""
     import torch
 
     options = options or ExportOptions()
@@ -640,6 +711,7 @@ def export_policy(checkpoint: str | Path, out: str | Path, options: ExportOption
         model.set_token_budget(options.token_budget)
     head_kind(model)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_export(out)
     log(f"vla export: {checkpoint} -> {out} (opset {options.opset}, head {head_kind(model)}, "
         f"routing {model.config.routing.name}, token budget {model.token_budget:g})")
     with torch.no_grad():

@@ -58,7 +58,8 @@ def tiny_export(tmp_path_factory):
     checkpoint = make_checkpoint(root / "ckpt")
     out = root / "onnx"
     lines: list[str] = []
-    report = ex.export_policy(checkpoint, out, ex.ExportOptions(fp16=True), log=lines.append)
+    options = ex.ExportOptions(fp16=True, num_steps=(2,))  # + a 2-step DDIM schedule
+    report = ex.export_policy(checkpoint, out, options, log=lines.append)
     return {"checkpoint": checkpoint, "out": out, "report": report, "log": "\n".join(lines)}
 
 
@@ -90,8 +91,9 @@ def test_export_writes_graphs_meta_and_parity(tiny_export):
     assert "max abs error" in tiny_export["log"]
     meta = json.loads((out / rt.META_FILE).read_text())
     assert meta["sampler"]["kind"] == "diffusion" and meta["opset"] == ex.DEFAULT_OPSET
-    assert list(meta["sampler"]["schedules"]) == ["5"]  # tiny: 5 DDIM steps
+    assert sorted(meta["sampler"]["schedules"]) == ["2", "5"]  # tiny's default 5 + --num-steps 2
     assert [s["timestep"] for s in meta["sampler"]["schedules"]["5"]] == [49, 39, 29, 19, 9]
+    assert [s["timestep"] for s in meta["sampler"]["schedules"]["2"]] == [49, 24]
 
 
 def test_fp16_graph_holds_half_weights_and_float_io(tiny_export):
@@ -130,6 +132,18 @@ def test_onnx_policy_matches_vla_policy(tiny_export, tiny_policy, size):
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     for key, value in before.items():  # the observation is not modified
         assert np.array_equal(obs[key], value) if isinstance(value, np.ndarray) else obs[key] == value
+
+
+def test_other_exported_step_count_matches_vla_policy(tiny_export, tiny_policy):
+    from policies import VLAPolicy
+
+    obs = raw_observation(tiny_policy.model.config, (32, 32), seed=4)
+    noise = np.random.default_rng(8).standard_normal((4, 7)).astype(np.float32)
+    expected = VLAPolicy(tiny_policy.model, num_steps=2).infer(obs, noise=noise)["actions"]
+    got = rt.OnnxPolicy(tiny_export["out"], num_steps=2).infer(obs, noise=noise)["actions"]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    default = rt.OnnxPolicy(tiny_export["out"]).infer(obs, noise=noise)["actions"]
+    assert np.abs(default - got).max() > 1e-3  # 5 steps really differ from 2
 
 
 def test_onnx_policy_noise_stream_and_reset(tiny_export, tiny_policy):
@@ -279,6 +293,14 @@ def test_bad_paths_give_clear_errors(tmp_path, tiny_export):
         ex.check_paths(tiny_export["checkpoint"], a_file)
     with pytest.raises(ex.ExportError, match="is the checkpoint directory"):
         ex.check_paths(tiny_export["checkpoint"], tiny_export["checkpoint"])
+
+
+def test_reexport_removes_only_its_own_previous_files(tmp_path):
+    for name in ("encoder_fp16.onnx", "head.onnx", "parity.json", "notes.txt"):
+        (tmp_path / name).write_text("old")
+    (tmp_path / "tokenizer").mkdir()
+    ex._remove_previous_export(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 def test_export_options_are_validated():
