@@ -157,7 +157,7 @@ def plan_grasp(
         # Geom boxes are conservative (axis-aligned around turned geoms), so in a cluttered spot
         # (a drawer) every candidate touches one: then fewer colliding points is what counts.
         free = min(clearance(gripper, obstacles), 0.05) - 0.01 * collisions(gripper, obstacles)
-        score = free + 0.01 * float(direction @ to_robot)
+        score = free + 0.03 * float(direction @ to_robot)
         if any(np.cos(theta - avoid) > np.cos(np.radians(40)) for avoid in avoid_angles):
             score -= 1.0  # blocked before: last resort only
         if rotation_cost is not None:
