@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.machine import machine_info as shared_machine_info
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -111,25 +112,7 @@ def _time_vector(suite: str, task: int, image_size: int, steps: int, warmup: int
 
 
 def machine_info() -> dict[str, Any]:
-    import mujoco
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "mujoco": mujoco.__version__,
-        "mujoco_gl": os.environ.get("MUJOCO_GL"),
-    }
+    return shared_machine_info("mujoco")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,15 +8,16 @@ One episode, as the published evaluation scripts run it (REFERENCES.md section 1
             execute chunk[:n_action_steps] (all H if None)  # open loop, one env step each
 
 Episodes are independent jobs. Workers are spawned processes (LIBERO hangs under fork, see
-PLATFORM.md) that each build the policy once from a picklable spec and keep one environment per
-task, so the 8-14 s environment creation is paid once per worker and task.
+PLATFORM.md) that each build the policy once from a picklable spec and keep the environment of
+their current task; a task-affinity scheduler keeps each worker on one task as long as possible,
+so the 5-15 s environment creation is paid about once per task, not once per episode.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import multiprocessing
 import os
+import queue
 import time
 import traceback
 from dataclasses import dataclass
@@ -155,6 +156,88 @@ def _close_worker_envs() -> None:
     _WORKER.get("envs", {}).clear()
 
 
+class TaskAffinityScheduler:
+    """Hands out episodes so that each worker stays on one task as long as it can.
+
+    Building a LIBERO environment costs 5-15 s, so a worker that hops between tasks pays it
+    again and again. A free worker gets the next episode of the task it already has; once that
+    task is fully handed out, it takes the task with the most episodes still waiting (so tasks
+    are shared by several workers only when there are more workers than tasks, or at the end).
+    """
+
+    def __init__(self, jobs: list[EpisodeJob]):
+        self._waiting: dict[int, list[EpisodeJob]] = {}
+        for job in jobs:
+            self._waiting.setdefault(job.task_id, []).append(job)
+
+    def next_for(self, current_task: int | None) -> EpisodeJob | None:
+        if current_task in self._waiting and self._waiting[current_task]:
+            return self._waiting[current_task].pop(0)
+        busiest = max(self._waiting, key=lambda t: len(self._waiting[t]), default=None)
+        if busiest is None or not self._waiting[busiest]:
+            return None
+        return self._waiting[busiest].pop(0)
+
+
+def _worker_loop(policy_spec: Any, protocol: EvalProtocol, video_dir: str | None,
+                 jobs: Any, results: Any) -> None:
+    """A worker process: run the episodes it is sent until it receives None."""
+    _worker_init(policy_spec, protocol, video_dir)
+    try:
+        while (job := jobs.get()) is not None:
+            try:
+                results.put(_worker_run(job))
+            except Exception as exc:  # env construction failed: report it, keep the loop alive
+                results.put(EpisodeResult(
+                    task_id=job.task_id, episode=job.episode,
+                    init_state=protocol.first_init_state + job.episode, seed=-1, success=False,
+                    steps=0, policy_calls=0, wall_s=0.0,
+                    error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"))
+    finally:
+        _close_worker_envs()
+
+
+def _run_in_workers(policy_spec: Any, protocol: EvalProtocol, jobs: list[EpisodeJob], workers: int,
+                    video_dir: str | None, record: Any) -> None:
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    inboxes = [context.Queue() for _ in range(workers)]
+    processes = [
+        context.Process(target=_worker_loop, args=(policy_spec, protocol, video_dir, inbox, results),
+                        daemon=True)
+        for inbox in inboxes
+    ]
+    scheduler = TaskAffinityScheduler(jobs)
+    current: list[EpisodeJob | None] = [None] * workers  # the episode each worker is running
+    try:
+        for process in processes:
+            process.start()
+        for slot in range(workers):
+            current[slot] = scheduler.next_for(None)
+            inboxes[slot].put(current[slot])  # None tells a worker with nothing to do to stop
+        while any(job is not None for job in current):
+            try:
+                result = results.get(timeout=5.0)
+            except queue.Empty:
+                dead = [s for s, p in enumerate(processes) if current[s] is not None and not p.is_alive()]
+                if dead:
+                    raise RuntimeError(
+                        f"evaluation worker(s) {dead} died (exit codes "
+                        f"{[processes[s].exitcode for s in dead]}) while running "
+                        f"{[current[s] for s in dead]}") from None
+                continue
+            slot = next(s for s, job in enumerate(current)
+                        if job is not None and (job.task_id, job.episode) == (result.task_id, result.episode))
+            record(result)
+            current[slot] = scheduler.next_for(result.task_id)
+            inboxes[slot].put(current[slot])
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+
+
 def run_evaluation(policy_spec: Any, protocol: EvalProtocol, *, workers: int = 2,
                    video_dir: str | Path | None = None, progress: bool = True) -> list[EpisodeResult]:
     """All episodes of ``protocol``; ``workers=0`` runs them in this process (debugging, tests)."""
@@ -182,14 +265,7 @@ def run_evaluation(policy_spec: Any, protocol: EvalProtocol, *, workers: int = 2
             finally:
                 _close_worker_envs()
         else:
-            context = multiprocessing.get_context("spawn")
-            with futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_worker_init,
-                initargs=(policy_spec, protocol, video_dir),
-            ) as pool:
-                pending = [pool.submit(_worker_run, job) for job in jobs]
-                for future in futures.as_completed(pending):
-                    record(future.result())
+            _run_in_workers(policy_spec, protocol, jobs, min(workers, len(jobs)), video_dir, record)
     finally:
         bar.close()
     results.sort(key=lambda r: (r.task_id, r.episode))

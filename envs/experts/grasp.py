@@ -88,16 +88,6 @@ def clearance(points: np.ndarray, obstacles: list[Box]) -> float:
     return float(np.linalg.norm(gap, axis=-1).min())  # (N, K, 3) -> scalar
 
 
-def collisions(points: np.ndarray, obstacles: list[Box]) -> int:
-    """How many of ``points`` (N, 3) lie inside some obstacle box."""
-    if not obstacles:
-        return 0
-    lows = np.stack([box.low for box in obstacles])  # (K, 3)
-    highs = np.stack([box.high for box in obstacles])
-    inside = np.all((points[:, None] >= lows[None]) & (points[:, None] <= highs[None]), axis=-1)
-    return int(inside.any(axis=1).sum())  # (N, K) -> count of points in any box
-
-
 def obstacle_boxes(scene: Scene, exclude: tuple[str, ...]) -> list[Box]:
     """World AABBs of every collision geom of every object and fixture not in ``exclude``."""
     model = scene.sim.model._model
@@ -126,13 +116,11 @@ def plan_grasp(
     table_clearance: float = 0.004,
     rim_depth: float = 0.02,
     rotation_cost=None,
-    avoid_angles: tuple[float, ...] = (),
 ) -> Grasp:
     """Plans a top-down grasp of object ``name`` from its current geometry.
 
     ``rotation_cost(finger_angle) -> float`` (metres-equivalent) lets the caller prefer rim
-    points that need little wrist rotation; rim points within 40 degrees of ``avoid_angles``
-    (found blocked before) are skipped unless nothing else is left.
+    points that need little wrist rotation.
     """
     box = scene.object_box(name)
     points = footprint_points(scene, name)
@@ -153,13 +141,8 @@ def plan_grasp(
     for theta in np.linspace(-np.pi, np.pi, 24, endpoint=False):
         direction = np.array([np.cos(theta), np.sin(theta)])
         pos = np.array([*(center[:2] + wall_radius * direction), z])
-        gripper = gripper_points(pos, theta)
-        # Geom boxes are conservative (axis-aligned around turned geoms), so in a cluttered spot
-        # (a drawer) every candidate touches one: then fewer colliding points is what counts.
-        free = min(clearance(gripper, obstacles), 0.05) - 0.01 * collisions(gripper, obstacles)
-        score = free + 0.03 * float(direction @ to_robot)
-        if any(np.cos(theta - avoid) > np.cos(np.radians(40)) for avoid in avoid_angles):
-            score -= 1.0  # blocked before: last resort only
+        free = min(clearance(gripper_points(pos, theta), obstacles), 0.05)
+        score = free + 0.01 * float(direction @ to_robot)
         if rotation_cost is not None:
             score -= rotation_cost(float(theta))
         if score > best_score:

@@ -57,7 +57,6 @@ class ExpertConfig:
     settle_speed: float = 0.003  # m/step: the hand counts as settled below this
     yaw_tolerance: float = 0.08
     wrist_margin: float = 0.25  # rad kept from the wrist joint's limits
-    blocked_above: float = 0.015  # a descent stalled this far above the grasp point is blocked
     slow_zone: float = 0.03  # the last metres of a vertical approach run at fine_speed
     aim_below: float = 0.01  # vertical moves aim this far past their stop height ...
     arrive_tolerance: float = 0.003  # ... and stop within this of it
@@ -79,7 +78,6 @@ class ExpertConfig:
             "wrist_margin",
             "aim_below",
             "slow_zone",
-            "blocked_above",
             "arrive_tolerance",
         ):
             value = getattr(self, field)
@@ -125,7 +123,6 @@ class ScriptedExpert:
         self._held_offset = np.zeros(3)  # object position minus grip site, while held
         self._held_bottom = 0.0  # object's lowest point minus grip-site height, while held
         self._yaw = self._current_yaw()
-        self._blocked: list[float] = []  # finger angles of rim grasps found blocked
 
     def act(self, obs=None) -> np.ndarray:  # (7,) float32
         for _ in range(len(PHASES)):  # a phase may finish instantly; bounded re-dispatch
@@ -225,7 +222,6 @@ class ScriptedExpert:
                 self.goal.obj,
                 robot_xy=self._robot_xy(),
                 rotation_cost=lambda a: 0.005 * abs(self._yaw_for(a) - self._current_yaw()),
-                avoid_angles=tuple(self._blocked),
             )
             self._yaw = self._yaw_for(self.grasp.finger_angle)
             eef = self.scene.eef_pos()
@@ -256,14 +252,7 @@ class ScriptedExpert:
         if eef[2] <= target[2] + cfg.arrive_tolerance:
             self._enter("grasp")
             return None
-        if self._stalled(eef):
-            if eef[2] - target[2] > cfg.blocked_above and self.regrasps < cfg.max_regrasps:
-                # Resting on something well above the grasp point (a drawer wall, the object's
-                # top): back off and plan another grasp that avoids this one.
-                self.regrasps += 1
-                self._blocked.append(self.grasp.finger_angle)
-                self._enter("approach")
-                return None
+        if self._stalled(eef):  # resting on the support or the object: grasp from here
             self._enter("grasp")
             return None
         # Aim a little below the grasp point so the proportional approach does not crawl in;

@@ -195,7 +195,7 @@ def test_object_expert_episode_succeeds_smoothly():
 @pytest.mark.sim
 @pytest.mark.slow
 def test_spatial_expert_episode_succeeds_smoothly():
-    result, expert = _episode("libero_spatial", 4, 0)  # the bowl in the drawer: the hardest reach
+    result, expert = _episode("libero_spatial", 7, 0)  # the bowl on the stove: a rim grasp
     assert result.success, f"expert failed: {result}"
     assert result.steps < 220
     _assert_imitable(result.actions, expert)

@@ -211,3 +211,23 @@ def test_wilson_interval_known_values():
     assert math.isclose(low + high, 1.0, abs_tol=1e-9)  # symmetric at p = 0.5
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
+
+
+def test_task_affinity_scheduler_keeps_workers_on_their_task():
+    from training.evaluate import EpisodeJob, TaskAffinityScheduler
+
+    jobs = [EpisodeJob(t, k) for t in (0, 1, 2) for k in range(3)]
+    scheduler = TaskAffinityScheduler(jobs)
+    first = scheduler.next_for(None)
+    assert first == EpisodeJob(0, 0)
+    # A worker on task 0 gets task 0's next episodes before anything else.
+    assert scheduler.next_for(0) == EpisodeJob(0, 1)
+    # A new worker is sent to the task with the most episodes waiting (1 or 2, not 0).
+    second = scheduler.next_for(None)
+    assert second.task_id in (1, 2) and second.episode == 0
+    handed = [first, EpisodeJob(0, 1), second]
+    task = 0
+    while (job := scheduler.next_for(task)) is not None:
+        handed.append(job)
+        task = job.task_id
+    assert sorted(handed, key=lambda j: (j.task_id, j.episode)) == jobs  # each exactly once
