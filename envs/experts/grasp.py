@@ -21,12 +21,14 @@ from envs.experts.scene import Box, Scene
 
 # Panda gripper geometry relative to robosuite's grip site (measured from the collision geoms):
 # the fingertips reach 1.3 cm below it, the palm starts 2.3 cm above it and is 21 cm long
-# along the finger axis, 6 cm across; the fingers open to 8 cm.
+# along the finger axis, 6 cm across; the fingers open to 8 cm, and each finger is 2.5 cm thick
+# radially (its inner face at half the opening).
 FINGERTIP_BELOW = 0.013
 PALM_ABOVE = 0.023
 PALM_HALF_LENGTH = 0.105
 PALM_HALF_WIDTH = 0.03
 MAX_OPENING = 0.08
+FINGER_THICKNESS = 0.025  # radial extent of a finger's collision mesh beyond its inner face
 
 
 @dataclass(frozen=True)
@@ -63,47 +65,86 @@ def narrowest_axis(points: np.ndarray, center: np.ndarray) -> tuple[float, float
 def gripper_points(
     pos: np.ndarray, finger_angle: float, opening: float = MAX_OPENING
 ) -> np.ndarray:
-    """Sample points (N, 3) on the open gripper's fingers and palm at a grasp pose."""
+    """Sample points (N, 3) on the open gripper's fingers and palm at a grasp pose.
+
+    Each finger's collision mesh spans ``FINGER_THICKNESS`` outward from its inner face (its
+    upper part flares out to 6.5 cm from the grip site when open) and from the fingertip up to
+    the palm; the outer finger's outer edge is what lands on walls next to a bowl's rim.
+    """
     u = np.array([np.cos(finger_angle), np.sin(finger_angle), 0.0])  # finger axis
     v = np.array([-u[1], u[0], 0.0])
     z = np.array([0.0, 0.0, 1.0])
     points = []
     for side in (-1.0, 1.0):  # the two fingers
         for dz in np.linspace(-FINGERTIP_BELOW, PALM_ABOVE + 0.02, 4):
-            for dv in (-0.01, 0.01):
-                points.append(pos + side * (opening / 2 + 0.005) * u + dv * v + dz * z)
+            for du in np.linspace(0.0, FINGER_THICKNESS, 3):
+                for dv in (-0.01, 0.01):
+                    points.append(pos + side * (opening / 2 + du) * u + dv * v + dz * z)
     for du in np.linspace(-PALM_HALF_LENGTH, PALM_HALF_LENGTH, 7):  # the palm's underside
         for dv in (-PALM_HALF_WIDTH, PALM_HALF_WIDTH):
             points.append(pos + du * u + dv * v + PALM_ABOVE * z)
     return np.asarray(points)
 
 
-def clearance(points: np.ndarray, obstacles: list[Box]) -> float:
+@dataclass(frozen=True)
+class OrientedBox:
+    """A geom's box in its own frame: world ``center`` (3,), ``rot`` (3, 3) world-from-local and
+    ``half`` extents (3,). Unlike a world AABB it stays tight for turned geoms: the walls of the
+    drawer of a cabinet turned by 45 degrees have world AABBs that cover the bowl inside."""
+
+    center: np.ndarray
+    rot: np.ndarray
+    half: np.ndarray
+
+
+def clearance(points: np.ndarray, obstacles: list[OrientedBox]) -> float:
     """Smallest distance from any point (N, 3) to any obstacle box (0 when inside one)."""
     if not obstacles:
         return np.inf
-    lows = np.stack([box.low for box in obstacles])  # (K, 3)
-    highs = np.stack([box.high for box in obstacles])
-    gap = np.maximum(lows[None] - points[:, None], 0) + np.maximum(points[:, None] - highs[None], 0)
-    return float(np.linalg.norm(gap, axis=-1).min())  # (N, K, 3) -> scalar
+    centers = np.stack([box.center for box in obstacles])  # (K, 3)
+    rots = np.stack([box.rot for box in obstacles])  # (K, 3, 3)
+    halves = np.stack([box.half for box in obstacles])  # (K, 3)
+    # Each point in each box's frame: R^T (p - c), i.e. (p - c) @ R.
+    local = np.einsum("nkd,kde->nke", points[:, None] - centers[None], rots)  # (N, K, 3)
+    gap = np.maximum(np.abs(local) - halves[None], 0.0)
+    return float(np.linalg.norm(gap, axis=-1).min())
+
+
+def obstacle_geoms(scene: Scene, exclude: tuple[str, ...]) -> list[OrientedBox]:
+    """Oriented boxes of every collision geom of every object and fixture not in ``exclude``
+    (each geom's local AABB, ``model.geom_aabb``, in the geom's world pose)."""
+    model = scene.sim.model._model
+    data = scene.sim.data._data
+    boxes = []
+    for g in _collision_geoms(scene, exclude):
+        rot = data.geom_xmat[g].reshape(3, 3).copy()
+        center = data.geom_xpos[g] + rot @ model.geom_aabb[g, :3]
+        boxes.append(OrientedBox(center, rot, model.geom_aabb[g, 3:].copy()))
+    return boxes
+
+
+def _collision_geoms(scene: Scene, exclude: tuple[str, ...]) -> list[int]:
+    model = scene.sim.model._model
+    names = list(scene.env.objects_dict) + list(scene.env.fixtures_dict)
+    geoms = []
+    for name in names:
+        if name in exclude or name not in scene.env.obj_body_id:
+            continue
+        geoms += [g for g in scene._subtree_geoms(name) if int(model.geom_group[g]) == 0]
+    return geoms
 
 
 def obstacle_boxes(scene: Scene, exclude: tuple[str, ...]) -> list[Box]:
-    """World AABBs of every collision geom of every object and fixture not in ``exclude``."""
+    """World AABBs of every collision geom of every object and fixture not in ``exclude``
+    (conservative: what the carry and approach heights clear)."""
     model = scene.sim.model._model
     data = scene.sim.data._data
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
     boxes = []
-    names = list(scene.env.objects_dict) + list(scene.env.fixtures_dict)
-    for name in names:
-        if name in exclude or name not in scene.env.obj_body_id:
-            continue
-        for g in scene._subtree_geoms(name):
-            if int(model.geom_group[g]) != 0:
-                continue
-            local = model.geom_aabb[g, :3] + signs * model.geom_aabb[g, 3:]
-            pts = data.geom_xpos[g] + local @ data.geom_xmat[g].reshape(3, 3).T
-            boxes.append(Box(pts.min(axis=0), pts.max(axis=0)))
+    for g in _collision_geoms(scene, exclude):
+        local = model.geom_aabb[g, :3] + signs * model.geom_aabb[g, 3:]
+        pts = data.geom_xpos[g] + local @ data.geom_xmat[g].reshape(3, 3).T
+        boxes.append(Box(pts.min(axis=0), pts.max(axis=0)))
     return boxes
 
 
@@ -115,6 +156,7 @@ def plan_grasp(
     grasp_depth: float = 0.03,
     table_clearance: float = 0.004,
     rim_depth: float = 0.02,
+    min_clearance: float = 0.004,
     rotation_cost=None,
 ) -> Grasp:
     """Plans a top-down grasp of object ``name`` from its current geometry.
@@ -133,15 +175,30 @@ def plan_grasp(
     # Rim grasp: radius from the footprint, candidates all around, scored by clearance.
     radius = 0.5 * width
     wall_radius = radius - 0.008  # the wall's middle, a little inside the outer extent
-    z = max(lowest, box.high[2] - rim_depth)
-    obstacles = obstacle_boxes(scene, exclude=(name,))
+    obstacles = obstacle_geoms(scene, exclude=(name,))
     to_robot = robot_xy - center[:2]
     to_robot /= np.linalg.norm(to_robot) + 1e-9
+    # Where the grasp centred on the wall is blocked, shallower grasps and grasp points further
+    # inside the bowl are tried, in this order. The palm (21 cm along the finger axis) sits just
+    # above the rim at ``rim_depth``, and the outer finger reaches 6.5 cm beyond the grasp point:
+    # in a drawer both land on the drawer's walls, which rise 5 mm above the bowl's rim. From a
+    # point further in, the closing outer finger slides the bowl towards the inner finger.
+    options = [
+        (wall_radius - inset, depth)
+        for inset in (0.0, 0.008, 0.016)
+        for depth in dict.fromkeys((rim_depth, min(rim_depth, 0.012)))
+    ]
     best, best_score = None, -np.inf
     for theta in np.linspace(-np.pi, np.pi, 24, endpoint=False):
         direction = np.array([np.cos(theta), np.sin(theta)])
-        pos = np.array([*(center[:2] + wall_radius * direction), z])
-        free = min(clearance(gripper_points(pos, theta), obstacles), 0.05)
+        free, pos = -np.inf, None
+        for r, depth in options:  # the first clear option, else the clearest
+            candidate = np.array([*(center[:2] + r * direction), max(lowest, box.high[2] - depth)])
+            candidate_free = min(clearance(gripper_points(candidate, theta), obstacles), 0.05)
+            if candidate_free > free:
+                free, pos = candidate_free, candidate
+            if free >= min_clearance:
+                break
         score = free + 0.01 * float(direction @ to_robot)
         if rotation_cost is not None:
             score -= rotation_cost(float(theta))

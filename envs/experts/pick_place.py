@@ -252,15 +252,19 @@ class ScriptedExpert:
         if eef[2] <= target[2] + cfg.arrive_tolerance:
             self._enter("grasp")
             return None
-        if self._stalled(eef):  # resting on the support or the object: grasp from here
-            self._enter("grasp")
-            return None
         # Aim a little below the grasp point so the proportional approach does not crawl in;
         # hold the height while the hand drifts off the grasp axis, so the fingers never come
         # down on the object's top.
         aim = target - np.array([0.0, 0.0, cfg.aim_below])
         if np.linalg.norm(eef[:2] - target[:2]) > 2 * cfg.position_tolerance:
             aim[2] = eef[2]
+            # A hand held still on purpose is not resting on anything: forget the stall history
+            # (far out, e.g. above the cabinet, the arm tracks slowly and drifts off the axis;
+            # grasping from there closes the fingers on air 9 cm above the rim).
+            self._targets.pop("history", None)
+        elif self._stalled(eef):  # resting on the support or the object: grasp from here
+            self._enter("grasp")
+            return None
         return self._move(aim, self._rot(), self._vertical_speed(eef[2] - target[2]))
 
     def _grasp(self):
