@@ -89,8 +89,24 @@ def write_config() -> Path:
     return path
 
 
+def write_robosuite_private_macros() -> Path | None:
+    """robosuite warns on every import unless ``robosuite/macros_private.py`` exists; its own
+    setup script creates it by copying ``macros.py`` (same defaults). Returns its path."""
+    try:
+        package = _package_dir("robosuite")
+    except LiberoSetupError:
+        return None
+    private = package / "macros_private.py"
+    if not private.exists():
+        tmp = private.with_suffix(".py.tmp")
+        tmp.write_text((package / "macros.py").read_text())
+        tmp.replace(private)
+    return private
+
+
 def ensure_libero_ready() -> Path:
     """Idempotent; call before importing ``libero``. Returns the config directory."""
+    write_robosuite_private_macros()
     link_assets()
     write_config()
     os.environ["LIBERO_CONFIG_PATH"] = str(CONFIG_DIR)

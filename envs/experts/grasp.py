@@ -158,11 +158,13 @@ def plan_grasp(
     rim_depth: float = 0.02,
     min_clearance: float = 0.004,
     rotation_cost=None,
+    avoid_angles: tuple[float, ...] = (),
 ) -> Grasp:
     """Plans a top-down grasp of object ``name`` from its current geometry.
 
     ``rotation_cost(finger_angle) -> float`` (metres-equivalent) lets the caller prefer rim
-    points that need little wrist rotation.
+    points that need little wrist rotation; rim points within 20 degrees of ``avoid_angles``
+    (rad) are taken only when nothing else is left.
     """
     box = scene.object_box(name)
     points = footprint_points(scene, name)
@@ -199,7 +201,11 @@ def plan_grasp(
                 free, pos = candidate_free, candidate
             if free >= min_clearance:
                 break
-        score = free + 0.01 * float(direction @ to_robot)
+        # Clearance decides first: a blocked rim point (under ``min_clearance``) loses to any
+        # clear one, whatever side it faces; among clear ones the robot-facing side is preferred.
+        score = free + 0.01 * float(direction @ to_robot) - (0.03 if free < min_clearance else 0)
+        if any(abs(np.angle(np.exp(1j * (theta - a)))) < np.radians(20) for a in avoid_angles):
+            score -= 0.1  # a rim point whose descent was already blocked in this episode
         if rotation_cost is not None:
             score -= rotation_cost(float(theta))
         if score > best_score:

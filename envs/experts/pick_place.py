@@ -60,6 +60,8 @@ class ExpertConfig:
     slow_zone: float = 0.03  # the last metres of a vertical approach run at fine_speed
     aim_below: float = 0.01  # vertical moves aim this far past their stop height ...
     arrive_tolerance: float = 0.003  # ... and stop within this of it
+    blocked_above: float = 0.02  # a descent stalled this far above the grasp point is blocked
+    empty_grip_width: float = 0.003  # m between the fingers: closed on nothing below this
     motion: MotionConfig = MotionConfig()
 
     def __post_init__(self) -> None:
@@ -79,6 +81,8 @@ class ExpertConfig:
             "aim_below",
             "slow_zone",
             "arrive_tolerance",
+            "blocked_above",
+            "empty_grip_width",
         ):
             value = getattr(self, field)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
@@ -118,6 +122,7 @@ class ScriptedExpert:
         self.phase_steps = 0
         self.regrasps = 0
         self.grasp: Grasp | None = None
+        self._blocked_angles: list[float] = []  # rim points whose descent stalled on a wall
         self.grip = OPEN
         self._targets: dict = {}  # per-phase memory: fixed targets, recent eef positions
         self._held_offset = np.zeros(3)  # object position minus grip site, while held
@@ -222,6 +227,7 @@ class ScriptedExpert:
                 self.goal.obj,
                 robot_xy=self._robot_xy(),
                 rotation_cost=lambda a: 0.005 * abs(self._yaw_for(a) - self._current_yaw()),
+                avoid_angles=tuple(self._blocked_angles),
             )
             self._yaw = self._yaw_for(self.grasp.finger_angle)
             eef = self.scene.eef_pos()
@@ -262,7 +268,15 @@ class ScriptedExpert:
             # (far out, e.g. above the cabinet, the arm tracks slowly and drifts off the axis;
             # grasping from there closes the fingers on air 9 cm above the rim).
             self._targets.pop("history", None)
-        elif self._stalled(eef):  # resting on the support or the object: grasp from here
+        elif self._stalled(eef):  # resting on the support or the object: grasp from here ...
+            blocked = eef[2] > target[2] + cfg.blocked_above
+            if blocked and self.grasp.kind == "rim" and self.regrasps < cfg.max_regrasps:
+                # ... unless the fingers came to rest far above the grasp point: they stand on
+                # a wall next to the rim (closing there grips air). Try another rim point.
+                self.regrasps += 1
+                self._blocked_angles.append(self.grasp.finger_angle)
+                self._enter("approach")
+                return None
             self._enter("grasp")
             return None
         return self._move(aim, self._rot(), self._vertical_speed(eef[2] - target[2]))
@@ -294,7 +308,12 @@ class ScriptedExpert:
         target = self._targets["pos"]
         lifted = self.scene.object_pos(self.goal.obj)[2] - self._targets["obj_z"]
         risen = self.scene.eef_pos()[2] - self._targets["eef_z"]
-        if risen > 0.04 and lifted < 0.5 * risen:  # the object stayed behind: grasp failed
+        left_behind = risen > 0.04 and lifted < 0.5 * risen
+        # A bowl held by its rim can snag on a drawer wall for a moment and lag the hand; it is
+        # only lost if the fingers have also closed on nothing (the wall keeps them apart).
+        if self.grasp.kind == "rim" and self.scene.gripper_width() > cfg.empty_grip_width:
+            left_behind = left_behind and lifted < 0.005
+        if left_behind:  # the object stayed behind: grasp failed
             if self.regrasps < cfg.max_regrasps:
                 self.regrasps += 1
                 self.grip = OPEN

@@ -121,6 +121,41 @@ def test_pose_controller_is_bounded_smooth_and_converges():
     assert np.linalg.norm(rotation_error(target_rot, rot)) < 1e-2
 
 
+def test_clearance_uses_the_turned_box_not_its_world_aabb():
+    from envs.experts.grasp import OrientedBox, clearance
+
+    # A thin wall (1 cm x 20 cm x 6 cm) turned by 45 degrees about z, centred at the origin.
+    wall = OrientedBox(np.zeros(3), yaw_rotation(np.pi / 4), np.array([0.005, 0.1, 0.03]))
+    # 5 cm off the wall along its normal: its world AABB (about 7.4 cm each way) would cover
+    # this point; the turned box is 4.5 cm away.
+    normal = np.array([np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0])
+    assert np.isclose(clearance((0.05 * normal)[None], [wall]), 0.045)
+    assert clearance(np.zeros((1, 3)), [wall]) == 0.0  # inside
+    assert np.isclose(clearance(np.array([[0.0, 0.0, 0.05]]), [wall]), 0.02)  # above its top
+    assert clearance(np.zeros((1, 3)), []) == np.inf
+
+
+def test_gripper_model_covers_the_fingers_thickness():
+    from envs.experts.grasp import (
+        FINGER_THICKNESS,
+        MAX_OPENING,
+        PALM_HALF_LENGTH,
+        gripper_points,
+    )
+
+    pos = np.array([0.1, 0.2, 1.0])
+    points = gripper_points(pos, finger_angle=0.0)  # fingers open along world x
+    radial = points[:, 0] - pos[0]
+    # Each finger spans from its inner face (half the opening) outward by its thickness ...
+    assert np.isclose(radial.max(), PALM_HALF_LENGTH)  # the palm is the longest part
+    fingers = np.abs(radial) >= MAX_OPENING / 2 - 1e-9
+    outer = np.abs(radial[fingers & (points[:, 2] < pos[2])]).max()
+    assert np.isclose(outer, MAX_OPENING / 2 + FINGER_THICKNESS)
+    # ... and nothing lies between the open fingers below the palm (where the object goes).
+    below_palm = points[:, 2] < pos[2] + 0.02
+    assert np.all(np.abs(radial[below_palm]) >= MAX_OPENING / 2 - 1e-9)
+
+
 def test_configs_name_the_bad_field():
     from envs.experts import ExpertConfig
 
@@ -130,6 +165,8 @@ def test_configs_name_the_bad_field():
         ExpertConfig(travel_speed=1.5)
     with pytest.raises(ValueError, match="close_steps"):
         ExpertConfig(close_steps=-1)
+    with pytest.raises(ValueError, match="blocked_above"):
+        ExpertConfig(blocked_above=0.0)
 
 
 def test_experts_cli_parses_ids_and_formats_the_table():
