@@ -12,16 +12,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-# Policy steps allowed per episode (after settle steps). LeRobot uses 280 on Spatial; the
-# OpenVLA/openpi scripts use 220. We follow the latter and record the value with every result.
-STANDARD_MAX_STEPS: dict[str, int] = {
-    "libero_spatial": 220,
-    "libero_object": 280,
-    "libero_goal": 300,
-    "libero_10": 520,
-    "libero_90": 400,
-}
-SETTLE_ACTION: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+from envs.libero_env import SETTLE_ACTION as _ENV_SETTLE_ACTION
+from envs.suites import SUITES
+
+# Policy steps allowed per episode (after settle steps): the suite table in envs (OpenVLA/openpi
+# use 220 on Spatial, LeRobot 280; the value is recorded with every result). The settle action is
+# the one the environment itself steps during reset.
+STANDARD_MAX_STEPS: dict[str, int] = {name: spec.max_episode_steps for name, spec in SUITES.items()}
+SETTLE_ACTION: tuple[float, ...] = tuple(float(x) for x in _ENV_SETTLE_ACTION)
 
 
 @dataclass(frozen=True)
