@@ -36,11 +36,7 @@ def _build_parser(only: str | None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     if only is not None:
         module_name, help_text = COMMANDS[only]
-        try:
-            importlib.import_module(module_name).register(subparsers)
-        except ModuleNotFoundError as error:
-            stub = subparsers.add_parser(only, help=f"{help_text} (unavailable: {error})")
-            stub.set_defaults(func=_unavailable(only, error))
+        register_or_stub(subparsers, only, module_name, help_text, prog="vla")
     # Cheap placeholders so `vla --help` lists everything without importing anything.
     for name, (_module_name, help_text) in COMMANDS.items():
         if name not in subparsers.choices:
@@ -48,12 +44,20 @@ def _build_parser(only: str | None) -> argparse.ArgumentParser:
     return parser
 
 
-def _unavailable(name: str, error: Exception):
-    def run(_args: argparse.Namespace) -> int:
-        print(f"vla {name}: not available in this installation: {error}", file=sys.stderr)
-        return 2
+def register_or_stub(subparsers: argparse._SubParsersAction, name: str, module_name: str,
+                     help_text: str, *, prog: str) -> None:
+    """Let ``module_name`` register subcommand ``name``; if an optional dependency of it is
+    missing, register a stub that says so (exit 2) instead of failing the whole CLI."""
+    try:
+        importlib.import_module(module_name).register(subparsers)
+    except ModuleNotFoundError as error:
+        stub = subparsers.add_parser(name, help=f"{help_text} (unavailable: {error})")
 
-    return run
+        def unavailable(_args: argparse.Namespace) -> int:
+            print(f"{prog} {name}: not available in this installation: {error}", file=sys.stderr)
+            return 2
+
+        stub.set_defaults(func=unavailable)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ simulators) inside their run functions, so registering all of them stays cheap.
 from __future__ import annotations
 
 import argparse
-import importlib
+from vla_cli import register_or_stub
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "model": ("benchmarks.model_speed", "Model params, FLOPs and sample_actions latency."),
@@ -23,16 +23,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("bench", help="Run a benchmark (prints a table, writes JSON).")
     bench_subparsers = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for name, (module_name, help_text) in BENCHMARKS.items():
-        try:
-            importlib.import_module(module_name).register(bench_subparsers)
-        except ModuleNotFoundError as error:
-            stub = bench_subparsers.add_parser(name, help=f"{help_text} (unavailable: {error})")
-            stub.set_defaults(func=_unavailable(name, error))
-
-
-def _unavailable(name: str, error: Exception):
-    def run(_args: argparse.Namespace) -> int:
-        print(f"vla bench {name}: not available: {error}")
-        return 2
-
-    return run
+        register_or_stub(bench_subparsers, name, module_name, help_text, prog="vla bench")

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from training.cli import parse_task_ids
+    from envs.suites import parse_task_ids
     from training.eval_protocol import EvalProtocol
     from training.evaluate import run_evaluation
 

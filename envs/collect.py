@@ -2,9 +2,11 @@
 
     vla collect --suite libero_object --tasks 0,3 --episodes-per-task 5 --image-size 128 --out D
 
-Episode k of a task starts from the benchmark's init state k. If the expert fails from an init
-state, that attempt is dropped and the next init state is tried, until the task has its
-episodes or its init states run out (reported at the end). Only successful episodes are kept.
+Episodes start from the benchmark's init states in order, from ``--first-init-state`` (default 0)
+on. If the expert fails from an init state, that attempt is dropped and the next init state is
+tried, until the task has its episodes or its init states run out (reported at the end). Only
+successful episodes are kept. ``--first-init-state 10`` keeps init states 0-9 out of the data, so
+a policy trained on it can be evaluated on them as held-out starts (what `vla demo` does).
 
 Crash safety and resume (see docs/datasets.md)::
 
@@ -43,7 +45,7 @@ from envs.collect_workers import (
     Workers,
     run_attempt,
 )
-from envs.suites import SUITES
+from envs.suites import SUITES, parse_task_ids
 
 __all__ = ["AttemptResult", "CollectConfig", "CollectError", "CollectReport", "Failure",
            "LiberoExpertRollout", "RolloutJob", "collect", "parse_task_ids", "register", "run"]
@@ -76,6 +78,7 @@ class CollectConfig:
     fps: int = 20
     vcodec: str = "libsvtav1"
     max_episode_steps: int | None = None  # None = the suite's standard evaluation limit
+    first_init_state: int = 0  # init states below this are never used (held out for evaluation)
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -106,6 +109,8 @@ class CollectConfig:
         _check_int("fps", self.fps, minimum=1, what="frames per second")
         if self.max_episode_steps is not None:
             _check_int("--max-episode-steps", self.max_episode_steps, minimum=1, what="steps per attempt")
+        _check_int("--first-init-state", self.first_init_state, minimum=0,
+                   what="the first benchmark init state to record from")
         if not isinstance(self.out, Path):
             object.__setattr__(self, "out", Path(self.out))
 
@@ -121,6 +126,7 @@ class CollectConfig:
             "fps": self.fps,
             "vcodec": self.vcodec,
             "max_episode_steps": self.max_episode_steps,
+            "first_init_state": self.first_init_state,
         }
 
     def command(self) -> str:
@@ -134,36 +140,14 @@ class CollectConfig:
         ]
         if self.max_episode_steps is not None:
             parts += ["--max-episode-steps", str(self.max_episode_steps)]
+        if self.first_init_state:
+            parts += ["--first-init-state", str(self.first_init_state)]
         return shlex.join(parts + ["--out", str(self.out)])
 
 
 def _check_int(flag: str, value: object, *, minimum: int, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise CollectError(f"{flag} {value!r}: expected an int >= {minimum} ({what})")
-
-
-def parse_task_ids(text: str, suite: str) -> tuple[int, ...]:
-    """``"0,3,7"`` or ``"0-4"`` or ``"all"`` -> task ids; errors name ``--tasks``."""
-    text = text.strip()
-    if text == "all":
-        if suite not in SUITES:
-            raise CollectError(f"--suite {suite!r}: unknown LIBERO suite; expected one of {sorted(SUITES)}")
-        return tuple(range(SUITES[suite].num_tasks))
-    ids: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                low, high = part.split("-", 1)
-                ids.extend(range(int(low), int(high) + 1))
-            else:
-                ids.append(int(part))
-        except ValueError:
-            raise CollectError(
-                f"--tasks {text!r}: cannot parse {part!r}; expected comma-separated task ids "
-                "such as 0,3,7, a range such as 0-4, or all"
-            ) from None
-    return tuple(ids)
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -176,6 +160,7 @@ class TaskProgress:
     task_id: int
     num_init_states: int
     wanted: int
+    first_init_state: int = 0
     successes: set[int] = field(default_factory=set)
     failures: set[int] = field(default_factory=set)
     in_flight: set[int] = field(default_factory=set)
@@ -186,7 +171,7 @@ class TaskProgress:
         if len(self.successes) + len(self.in_flight) >= self.wanted:
             return None
         tried = self.successes | self.failures | self.in_flight
-        k = next((k for k in range(self.num_init_states) if k not in tried), None)
+        k = next((k for k in range(self.first_init_state, self.num_init_states) if k not in tried), None)
         return k
 
     @property
@@ -332,13 +317,19 @@ def collect(
         recorded = json.loads((config.out / "meta" / "collection.json").read_text())["tasks"]
         tasks = {
             int(t): TaskProgress(int(t), s["num_init_states"], config.episodes_per_task,
-                                 successes=set(s["kept_init_states"]), failures=set(s["failed_init_states"]))
+                                 config.first_init_state, successes=set(s["kept_init_states"]), failures=set(s["failed_init_states"]))
             for t, s in recorded.items()
         }
         instructions = {int(t): s["instruction"] for t, s in recorded.items()}
         return CollectReport(config.out, tasks, instructions, time.perf_counter() - start, 0, True)
     meta = task_meta(config.suite, config.task_ids)
-    tasks = {t: TaskProgress(t, meta[t][0], config.episodes_per_task) for t in config.task_ids}
+    tasks = {t: TaskProgress(t, meta[t][0], config.episodes_per_task, config.first_init_state)
+             for t in config.task_ids}
+    for t, (num_init_states, _) in meta.items():
+        if config.first_init_state >= num_init_states:
+            raise CollectError(f"--first-init-state {config.first_init_state}: task {t} of "
+                               f"{config.suite} has {num_init_states} init states; expected a "
+                               f"value below {num_init_states}")
     instructions = {t: meta[t][1] for t in config.task_ids}
 
     staging_root = config.out / STAGING_DIR
@@ -538,6 +529,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=2, help="recording processes (default 2; 0 = in-process)")
     parser.add_argument("--max-episode-steps", type=int, default=None,
                         help="steps before an attempt counts as failed (default: the suite's standard limit)")
+    parser.add_argument("--first-init-state", type=int, default=0,
+                        help="record from this benchmark init state on, keeping the ones below "
+                             "out of the data for held-out evaluation (default 0)")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder (new, or an interrupted one to resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -558,6 +552,7 @@ def run(args: argparse.Namespace) -> int:
             renderer=args.renderer,
             workers=args.workers,
             max_episode_steps=args.max_episode_steps,
+            first_init_state=args.first_init_state,
         )
         if config.suite not in SUPPORTED_SUITES:
             raise CollectError(
@@ -565,7 +560,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{list(SUPPORTED_SUITES)}"
             )
         report = collect(config, progress=not args.quiet)
-    except CollectError as error:
+    except ValueError as error:  # CollectError, or a bad --tasks
         print(f"vla collect: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

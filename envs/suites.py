@@ -66,6 +66,33 @@ def get_suite(suite: object) -> SuiteSpec:
     return SUITES[suite]
 
 
+def parse_task_ids(text: str | None, suite: str) -> tuple[int, ...]:
+    """``"0,3,7"``, ``"0-4"``, ``"all"`` or None (= all) -> task ids of ``suite``; errors name ``--tasks``."""
+    if suite not in SUITES:
+        raise ValueError(f"--suite {suite!r}: unknown LIBERO suite; expected one of {sorted(SUITES)}")
+    num_tasks = SUITES[suite].num_tasks
+    text = "all" if text is None else text.strip()
+    if text == "all":
+        return tuple(range(num_tasks))
+    ids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                low, high = part.split("-", 1)
+                ids.extend(range(int(low), int(high) + 1))
+            else:
+                ids.append(int(part))
+        except ValueError:
+            raise ValueError(
+                f"--tasks {text!r}: cannot parse {part!r}; expected comma-separated task ids "
+                "such as 0,3,7, a range such as 0-4, or all") from None
+    bad = [i for i in ids if not 0 <= i < num_tasks]
+    if bad or not ids:
+        raise ValueError(f"--tasks {text!r}: {suite} has task ids 0..{num_tasks - 1}; got {bad or 'none'}")
+    return tuple(ids)
+
+
 @lru_cache(maxsize=None)
 def libero_benchmark(suite: str) -> Any:
     """LIBERO's own benchmark object for ``suite`` (imports libero; cached per process)."""

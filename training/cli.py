@@ -124,22 +124,6 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_eval)
 
 
-def parse_task_ids(text: str | None, suite: str) -> tuple[int, ...]:
-    from envs.suites import get_suite
-
-    num_tasks = get_suite(suite).num_tasks
-    if text is None or text == "all":
-        return tuple(range(num_tasks))
-    try:
-        ids = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"--tasks {text!r}: expected comma-separated integers, e.g. 0,3,7") from None
-    bad = [i for i in ids if not 0 <= i < num_tasks]
-    if bad or not ids:
-        raise ValueError(f"--tasks {text!r}: {suite} has task ids 0..{num_tasks - 1}")
-    return ids
-
-
 def checkpoint_env_settings(path: str) -> dict:
     """Camera names, image size, dims (and the renderer the data was collected with, if recorded)."""
     config_path = Path(path) / "config.json"
@@ -173,6 +157,7 @@ def check_policy_matches_env(settings: dict, suite: str) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from envs.suites import parse_task_ids
     from training.eval_protocol import EvalProtocol
     from training.policy_specs import CheckpointPolicySpec, ExpertPolicySpec, RandomPolicySpec
 

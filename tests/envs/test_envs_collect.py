@@ -227,6 +227,19 @@ def test_collect_keeps_first_successes_and_records_metadata(tmp_path):
     np.testing.assert_array_equal(dataset_columns(dataset)["action"], expected)
 
 
+def test_first_init_state_keeps_earlier_init_states_out_of_the_data(tmp_path):
+    out = tmp_path / "D"
+    rollout = SyntheticRollout(failing={(0, 4)})
+    report = run_synthetic(make_config(out, task_ids=(0,), first_init_state=3), rollout)
+    assert rollout.calls == [(0, 3), (0, 4), (0, 5)]
+    assert report.tasks[0].kept() == [3, 5]
+    meta = json.loads((out / "meta" / "collection.json").read_text())
+    assert [e["init_state"] for e in meta["episodes"]] == [3, 5]
+    assert "--first-init-state 3" in meta["command"]
+    with pytest.raises(CollectError, match="--first-init-state 6: task 0 .* 6 init states"):
+        run_synthetic(make_config(tmp_path / "E", task_ids=(0,), first_init_state=6), SyntheticRollout())
+
+
 def test_collect_reports_tasks_that_run_out_of_init_states(tmp_path):
     rollout = SyntheticRollout(failing={(0, k) for k in range(1, 4)})
     report = run_synthetic(make_config(tmp_path / "D", task_ids=(0,), episodes_per_task=3), rollout,
@@ -377,8 +390,11 @@ def test_parse_task_ids():
     assert parse_task_ids("0,3,7", "libero_object") == (0, 3, 7)
     assert parse_task_ids("2-4", "libero_object") == (2, 3, 4)
     assert parse_task_ids("all", "libero_spatial") == tuple(range(10))
-    with pytest.raises(CollectError, match="--tasks"):
+    assert parse_task_ids(None, "libero_object") == tuple(range(10))
+    with pytest.raises(ValueError, match="--tasks"):
         parse_task_ids("1,,2", "libero_object")
+    with pytest.raises(ValueError, match=r"--tasks '3,12'.*0\.\.9.*\[12\]"):
+        parse_task_ids("3,12", "libero_object")
     with pytest.raises(CollectError, match="repeated"):
         CollectConfig("libero_object", (1, 1), 1, Path("x"))
     with pytest.raises(CollectError, match="even"):
