@@ -20,18 +20,20 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Sized from measurements on a 2-core CPU: an expert episode with two 128 px cameras is
-    ~8 s, the `small` preset trains at ~20 samples/s, a policy episode is ~10-15 s. So: ~3 min
-    collecting, ~16 min training (600 steps x 32), ~4 min evaluating, plus start-up."""
+    """Sized from measurements on a 2-core CPU (docs/training.md, "vla demo"): 2 workers record
+    an expert episode with two 128 px cameras every ~5.6 s, `small` trains at ~1.05 steps/s at
+    batch 32, and 20 policy episodes take ~2.3 min. So: ~4.7 min collecting, ~18 min training,
+    ~2.5 min evaluating, plus start-up: about 26 min."""
 
     suite: str = "libero_object"
     task_ids: tuple[int, ...] = (0, 1)
-    episodes_per_task: int = 20
+    episodes_per_task: int = 25
     image_size: int = 128
     renderer: str = "fast"
     preset: str = "small"
-    train_steps: int = 600
+    train_steps: int = 1150
     batch_size: int = 32
+    lr: float = 5e-4
     eval_episodes_per_task: int = 10
     workers: int = 2
 
@@ -58,6 +60,9 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
     report = collect(CollectConfig(
         suite=plan.suite, task_ids=plan.task_ids, episodes_per_task=plan.episodes_per_task,
         out=dataset_dir, image_size=plan.image_size, renderer=plan.renderer, workers=plan.workers,
+        # Evaluation starts from init states 0..E-1 (the standard protocol); the demonstrations
+        # come from the init states after those, so the score is on starts never trained on.
+        first_init_state=plan.eval_episodes_per_task,
     ))
     timings["collect_s"] = time.monotonic() - started
     print(report.table() if hasattr(report, "table") else report)
@@ -73,7 +78,7 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
     if existing is None or existing.step < plan.train_steps:
         model_config = presets.get(plan.preset, image_size=plan.image_size)
         train(model_config=model_config,
-              train_config=TrainConfig(steps=plan.train_steps, batch_size=plan.batch_size,
+              train_config=TrainConfig(steps=plan.train_steps, batch_size=plan.batch_size, lr=plan.lr,
                                        checkpoint_every=max(1, plan.train_steps // 4)),
               dataset_dir=dataset_dir, run_dir=run_dir, resume=existing is not None,
               command=command)

@@ -249,6 +249,14 @@ class ScriptedExpert:
         if xy_error < cfg.position_tolerance and height_ok and yaw_ok and settled:
             self._enter("descend")
             return None
+        if (2 * cfg.position_tolerance < xy_error < 0.04 and self._stalled(eef, window=10, distance=0.002)
+                and self.grasp.kind == "rim" and self.regrasps < cfg.max_regrasps):
+            # Stuck a little short of the hover point: at the far edge of the workspace (a bowl
+            # at y = 0.3 m) the arm cannot reach this rim point with this wrist yaw. Plan another.
+            self.regrasps += 1
+            self._blocked_angles.append(self.grasp.finger_angle)
+            self._enter("approach")
+            return None
         return self._move(target, self._rot(), cfg.travel_speed)
 
     def _descend(self):

@@ -270,6 +270,28 @@ def test_flow_beta_time_sampling_emphasises_the_noisy_end() -> None:
     assert abs(t.mean().item() - 0.4) < 0.01
 
 
+def test_diffusion_train_noise_samples_average_k_single_draw_losses() -> None:
+    k, batch = 3, 2
+    multi = build_action_head(DiffusionHeadConfig(denoiser=TINY_TRANSFORMER, train_noise_samples=k),
+                              cond_dim=COND_DIM, action_dim=ACTION_DIM, chunk_size=CHUNK)
+    single = make_head("diffusion-transformer")
+    single.load_state_dict(multi.state_dict())
+    cond = randn(batch, N_COND, COND_DIM, seed=1)
+    actions = randn(batch, CHUNK, ACTION_DIM, seed=2)
+    torch.manual_seed(5)
+    loss = multi.compute_loss(cond, actions)  # (B, H)
+    assert loss.shape == (batch, CHUNK)
+    # The same draws, made by hand: K rows per observation, then the mean over each K.
+    torch.manual_seed(5)
+    noise = torch.randn(batch * k, CHUNK, ACTION_DIM)
+    per_draw = single.compute_loss(cond.repeat_interleave(k, 0), actions.repeat_interleave(k, 0), noise=noise)
+    torch.testing.assert_close(loss, per_draw.view(batch, k, CHUNK).mean(1))
+    # Explicit noise keeps the one-draw meaning (used by deterministic tests and oracles).
+    assert multi.compute_loss(cond, actions, noise=noise[:batch]).shape == (batch, CHUNK)
+    with pytest.raises(ValueError, match="train_noise_samples"):
+        DiffusionHeadConfig(train_noise_samples=0)
+
+
 # --- configs --------------------------------------------------------------------------------
 
 
