@@ -253,11 +253,15 @@ class ScriptedExpert:
                 and self.grasp.kind == "rim" and self.regrasps < cfg.max_regrasps):
             # Stuck a little short of the hover point: at the far edge of the workspace (a bowl
             # at y = 0.3 m) the arm cannot reach this rim point with this wrist yaw. Plan another.
-            self.regrasps += 1
-            self._blocked_angles.append(self.grasp.finger_angle)
-            self._enter("approach")
-            return None
+            return self._replan_rim_grasp()
         return self._move(target, self._rot(), cfg.travel_speed)
+
+    def _replan_rim_grasp(self) -> None:
+        """Give up this rim point (the planner avoids it from now on) and approach another."""
+        self.regrasps += 1
+        self._blocked_angles.append(self.grasp.finger_angle)
+        self._enter("approach")
+        return None
 
     def _descend(self):
         cfg = self.config
@@ -281,10 +285,7 @@ class ScriptedExpert:
             if blocked and self.grasp.kind == "rim" and self.regrasps < cfg.max_regrasps:
                 # ... unless the fingers came to rest far above the grasp point: they stand on
                 # a wall next to the rim (closing there grips air). Try another rim point.
-                self.regrasps += 1
-                self._blocked_angles.append(self.grasp.finger_angle)
-                self._enter("approach")
-                return None
+                return self._replan_rim_grasp()
             self._enter("grasp")
             return None
         return self._move(aim, self._rot(), self._vertical_speed(eef[2] - target[2]))

@@ -141,9 +141,9 @@ class DiffusionHead(ActionHead):
         if noise is None and k > 1:
             # (B*K, ...) with the K copies of an observation adjacent; the mean over them is
             # an unbiased estimate of the same loss, with K times fewer noise samples' variance.
-            per_draw = self._single_draw_loss(cond.repeat_interleave(k, dim=0),
-                                              actions.repeat_interleave(k, dim=0),
-                                              torch.randn_like(actions.repeat_interleave(k, dim=0)))
+            repeated = actions.repeat_interleave(k, dim=0)  # (B*K, H, A)
+            per_draw = self._single_draw_loss(cond.repeat_interleave(k, dim=0), repeated,
+                                              torch.randn_like(repeated))
             return per_draw.view(batch, k, -1).mean(dim=1)  # (B, H)
         if noise is None:
             noise = torch.randn_like(actions)  # (B, H, A)
