@@ -68,7 +68,7 @@ def small() -> VLAConfig:
         # The backbone carries most of the compute, which is what routing reduces. 6 layers of
         # 256: the first version (10 x 384, 24.4M parameters) trained at ~20 samples/s on the
         # 2-core CPU, too slow to learn LIBERO tasks within `vla demo`'s budget; this one trains
-        # at ~35 samples/s and reached a lower loss in the same time (docs/training.md).
+        # at ~43 samples/s and reached a lower loss in the same time (docs/training.md).
         language=ScratchLanguageConfig(dim=256, depth=6, num_heads=4, tokenizer="words",
                                        vocab_size=4096, max_length=32),
         routing=RoutingConfig(
