@@ -8,6 +8,11 @@ tried, until the task has its episodes or its init states run out (reported at t
 successful episodes are kept. ``--first-init-state 10`` keeps init states 0-9 out of the data, so
 a policy trained on it can be evaluated on them as held-out starts (what `vla demo` does).
 
+``--placements sampled`` starts every episode from a fresh layout instead, drawn by LIBERO's own
+placement sampler (the one the benchmark's 50 init states came from) with reset seed 0, 1, 2, ...:
+as many distinct demonstrations as wanted, none of them a benchmark init state, so evaluation on
+all 50 init states stays held out. The per-episode numbers in the metadata are then those seeds.
+
 Crash safety and resume (see docs/datasets.md)::
 
     D/.staging/plan.json       what is being collected (a re-run must ask for the same)
@@ -51,6 +56,7 @@ __all__ = ["AttemptResult", "CollectConfig", "CollectError", "CollectReport", "F
            "LiberoExpertRollout", "RolloutJob", "collect", "parse_task_ids", "register", "run"]
 
 RENDERERS = ("fast", "standard")
+PLACEMENTS = ("benchmark", "sampled")
 STAGING_DIR = ".staging"
 PLAN_FILE = "plan.json"
 _DATASET_ENTRIES = ("data", "videos", "meta")  # what a finished collection puts in --out
@@ -79,6 +85,7 @@ class CollectConfig:
     vcodec: str = "libsvtav1"
     max_episode_steps: int | None = None  # None = the suite's standard evaluation limit
     first_init_state: int = 0  # init states below this are never used (held out for evaluation)
+    placements: str = "benchmark"  # or "sampled": fresh layouts from reset seeds 0, 1, 2, ...
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -111,6 +118,12 @@ class CollectConfig:
             _check_int("--max-episode-steps", self.max_episode_steps, minimum=1, what="steps per attempt")
         _check_int("--first-init-state", self.first_init_state, minimum=0,
                    what="the first benchmark init state to record from")
+        if self.placements not in PLACEMENTS:
+            raise CollectError(f"--placements {self.placements!r}: expected one of {list(PLACEMENTS)}")
+        if self.placements == "sampled" and self.first_init_state:
+            raise CollectError(
+                f"--first-init-state {self.first_init_state}: only applies to --placements "
+                "benchmark (sampled layouts are never benchmark init states); expected 0")
         if not isinstance(self.out, Path):
             object.__setattr__(self, "out", Path(self.out))
 
@@ -127,7 +140,13 @@ class CollectConfig:
             "vcodec": self.vcodec,
             "max_episode_steps": self.max_episode_steps,
             "first_init_state": self.first_init_state,
+            "placements": self.placements,
         }
+
+    def attempt_pool(self, num_init_states: int) -> int:
+        """How many starts a task may try: its init states, or for sampled layouts enough seeds
+        for the expert to fail on half of them (it fails on far fewer: docs/experts.md)."""
+        return num_init_states if self.placements == "benchmark" else 2 * self.episodes_per_task + 10
 
     def command(self) -> str:
         """The canonical command line that reproduces this collection."""
@@ -142,6 +161,8 @@ class CollectConfig:
             parts += ["--max-episode-steps", str(self.max_episode_steps)]
         if self.first_init_state:
             parts += ["--first-init-state", str(self.first_init_state)]
+        if self.placements != "benchmark":
+            parts += ["--placements", self.placements]
         return shlex.join(parts + ["--out", str(self.out)])
 
 
@@ -323,7 +344,8 @@ def collect(
         instructions = {int(t): s["instruction"] for t, s in recorded.items()}
         return CollectReport(config.out, tasks, instructions, time.perf_counter() - start, 0, True)
     meta = task_meta(config.suite, config.task_ids)
-    tasks = {t: TaskProgress(t, meta[t][0], config.episodes_per_task, config.first_init_state)
+    tasks = {t: TaskProgress(t, config.attempt_pool(meta[t][0]), config.episodes_per_task,
+                             config.first_init_state)
              for t in config.task_ids}
     for t, (num_init_states, _) in meta.items():
         if config.first_init_state >= num_init_states:
@@ -369,7 +391,7 @@ def _jobs(config: CollectConfig, tasks: dict[int, TaskProgress], staging_root: s
             jobs.append(
                 RolloutJob(config.suite, progress.task_id, k, config.image_size, config.renderer,
                            tuple(config.cameras), config.max_episode_steps, staging_root,
-                           config.fps, config.vcodec)
+                           config.fps, config.vcodec, config.placements)
             )
     return jobs
 
@@ -461,8 +483,9 @@ def _build_and_commit(config, tasks, instructions, staging, expert_name, progres
     for index, (task_id, init_state) in enumerate(order):
         episode = staging.load(task_id, init_state)
         staged.append(episode)
+        start_key = "init_state" if config.placements == "benchmark" else "layout_seed"
         episodes_meta.append(
-            {"episode_index": index, "task_id": task_id, "init_state": init_state,
+            {"episode_index": index, "task_id": task_id, start_key: init_state,
              "length": episode.length, "instruction": episode.instruction}
         )
     extra_meta = {
@@ -471,6 +494,7 @@ def _build_and_commit(config, tasks, instructions, staging, expert_name, progres
         "task_ids": list(config.task_ids),
         "image_size": config.image_size,
         "renderer": config.renderer,
+        "placements": config.placements,
         "expert": expert_name,
         "command": config.command(),
         "argv": list(sys.argv),
@@ -532,6 +556,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--first-init-state", type=int, default=0,
                         help="record from this benchmark init state on, keeping the ones below "
                              "out of the data for held-out evaluation (default 0)")
+    parser.add_argument("--placements", default="benchmark", choices=PLACEMENTS,
+                        help="benchmark: start from the fixed init states (default); sampled: "
+                             "fresh layouts from LIBERO's placement sampler, seeds 0, 1, 2, ...")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder (new, or an interrupted one to resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -553,6 +580,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             max_episode_steps=args.max_episode_steps,
             first_init_state=args.first_init_state,
+            placements=args.placements,
         )
         if config.suite not in SUPPORTED_SUITES:
             raise CollectError(
@@ -576,7 +604,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{kept} episodes in {report.out} ({report.new_attempts} new attempts, {report.seconds:.1f} s)")
     if report.short_tasks:
         print(
-            f"warning: tasks {report.short_tasks} ran out of init states before reaching "
+            f"warning: tasks {report.short_tasks} ran out of starts to try (init states or "
+            f"sampled layouts) before reaching "
             f"{config.episodes_per_task} successful episodes",
             file=sys.stderr,
         )

@@ -25,7 +25,8 @@ from envs.keys import OBS_STATE, image_key
 
 @dataclass(frozen=True)
 class RolloutJob:
-    """One attempt: run the expert on ``task_id`` from init state ``init_state``."""
+    """One attempt: run the expert on ``task_id`` from init state ``init_state``; with
+    ``placements="sampled"``, from the fresh layout that reset seed ``init_state`` draws."""
 
     suite: str
     task_id: int
@@ -37,6 +38,7 @@ class RolloutJob:
     staging: str  # the EpisodeStaging root
     fps: int
     vcodec: str
+    placements: str = "benchmark"
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,8 @@ class LiberoExpertRollout:
 
         env, expert = self._env_for(job)
         try:
-            obs, _ = env.reset(seed=job.init_state, options={"init_state": job.init_state})
+            start = "sampled" if job.placements == "sampled" else job.init_state
+            obs, _ = env.reset(seed=job.init_state, options={"init_state": start})
             expert.reset()
             images: dict[str, list[np.ndarray]] = {camera: [] for camera in job.cameras}
             states: list[np.ndarray] = []

@@ -10,6 +10,8 @@ Episode protocol (the one of the published LIBERO evaluations, openpi / OpenVLA)
 
     reset(options={"init_state": k})
       -> LIBERO reset, then the benchmark's fixed init state k
+         (or init_state="sampled": a fresh layout from LIBERO's own placement sampler, the one
+          the benchmark's init states were drawn with, seeded by reset(seed=...))
       -> SETTLE_STEPS no-op steps (objects settle; not counted, not rendered)
       -> obs
     step(a) x max_episode_steps: terminated on success, truncated at the limit.
@@ -46,6 +48,7 @@ INSTRUCTION_CHARSET = frozenset(
 )
 INSTRUCTION_MAX_LENGTH = 256
 _RESET_OPTIONS = ("init_state", "settle_steps")
+SAMPLED = "sampled"  # reset option init_state=SAMPLED: a fresh layout instead of a fixed one
 
 
 def rotate_180(image: np.ndarray) -> np.ndarray:
@@ -162,7 +165,7 @@ class LiberoEnv(gym.Env):
 
         self.libero_env = _build_libero_env(info.bddl_file, image_size, renderer, cameras)
         self._steps: int | None = None  # None until the first reset
-        self.init_state: int | None = None
+        self.init_state: int | str | None = None  # an index, SAMPLED, or None before reset
 
     # -- gymnasium API --------------------------------------------------------------------
 
@@ -178,20 +181,33 @@ class LiberoEnv(gym.Env):
         if k is None:
             # No init state named: draw one of the benchmark's, reproducibly from the seed.
             k = int(self.np_random.integers(self.num_init_states))
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.num_init_states:
+        sampled = isinstance(k, str) and k == SAMPLED
+        if not sampled and (isinstance(k, bool) or not isinstance(k, (int, np.integer))
+                            or not 0 <= k < self.num_init_states):
             raise ValueError(
                 f"options['init_state']={k!r}: expected an int in [0, {self.num_init_states - 1}] "
-                f"({self.num_init_states} fixed init states for {self.suite} task {self.task_id})"
+                f"({self.num_init_states} fixed init states for {self.suite} task {self.task_id}) "
+                f"or {SAMPLED!r} (a fresh layout)"
             )
         settle_steps = options.get("settle_steps", SETTLE_STEPS)
         if isinstance(settle_steps, bool) or not isinstance(settle_steps, (int, np.integer)) or settle_steps < 0:
             raise ValueError(f"options['settle_steps']={settle_steps!r}: expected an int >= 0")
 
-        self.libero_env.reset()
-        raw = self.libero_env.set_init_state(self._init_states[int(k)])
+        if sampled:
+            # LIBERO's placement samplers draw from NumPy's global generator: seed it from this
+            # env's generator for a reproducible layout, and give the caller's state back after.
+            caller_state = np.random.get_state()
+            np.random.seed(int(self.np_random.integers(2**32)))
+            try:
+                raw = self.libero_env.reset()
+            finally:
+                np.random.set_state(caller_state)
+        else:
+            self.libero_env.reset()
+            raw = self.libero_env.set_init_state(self._init_states[int(k)])
         if settle_steps:
             raw = self._settle(int(settle_steps))
-        self.init_state = int(k)
+        self.init_state = SAMPLED if sampled else int(k)
         self._steps = 0
         info = {"init_state": self.init_state, "is_success": bool(self.libero_env.check_success())}
         return self._observation(raw), info

@@ -43,7 +43,15 @@ def _check_positive_int(where: str, name: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class ScratchVisionConfig:
-    """A small ViT trained from scratch: non-overlapping patches -> ``depth`` pre-LN blocks."""
+    """A small ViT trained from scratch: patch tokens -> ``depth`` pre-LN blocks.
+
+    ``stem`` makes the patch tokens: ``"patch"`` is the classic non-overlapping patch_size x
+    patch_size projection; ``"conv"`` is a stack of log2(patch_size) 3x3 stride-2 convolutions
+    (``stem_channels`` wide, doubling each stage) and a 1x1 projection, after Xiao et al. 2021,
+    "Early Convolutions Help Transformers See Better": overlapping receptive fields locate
+    objects within a patch, which a from-scratch ViT trained on a few demonstrations does not
+    learn from 16x16 patches.
+    """
 
     type: Literal["scratch"] = "scratch"
     patch_size: int = 16
@@ -51,12 +59,19 @@ class ScratchVisionConfig:
     depth: int = 3
     num_heads: int = 3
     mlp_ratio: float = 4.0
+    stem: Literal["patch", "conv"] = "patch"
+    stem_channels: int = 24
 
     def __post_init__(self) -> None:
         where = "ScratchVisionConfig"
         _check(self.type == "scratch", where, "type", self.type, "'scratch'")
-        for name in ("patch_size", "dim", "depth", "num_heads"):
+        for name in ("patch_size", "dim", "depth", "num_heads", "stem_channels"):
             _check_positive_int(where, name, getattr(self, name))
+        _check(self.stem in ("patch", "conv"), where, "stem", self.stem, "'patch' or 'conv'")
+        if self.stem == "conv":
+            _check(self.patch_size >= 2 and self.patch_size & (self.patch_size - 1) == 0, where,
+                   "patch_size", self.patch_size, "a power of 2 >= 2 with stem='conv' (one stride-2 "
+                   "convolution per halving)")
         _check(self.dim % self.num_heads == 0, where, "dim", self.dim,
                f"a multiple of num_heads={self.num_heads}")
         _check(self.mlp_ratio > 0, where, "mlp_ratio", self.mlp_ratio, "> 0")

@@ -48,8 +48,11 @@ class ScratchViT(VisionEncoder):
         super().__init__(num_cameras, config.dim, out_dim)
         grid = image_size // config.patch_size
         self.num_patches = grid * grid
-        # Non-overlapping patches as a strided convolution: (N, 3, S, S) -> (N, dim, S/p, S/p).
-        self.patch_embed = nn.Conv2d(3, config.dim, config.patch_size, stride=config.patch_size)
+        # (N, 3, S, S) -> (N, dim, S/p, S/p): one token per p x p cell either way.
+        if config.stem == "conv":
+            self.patch_embed = conv_stem(config.patch_size, config.stem_channels, config.dim)
+        else:  # non-overlapping patches as one strided convolution
+            self.patch_embed = nn.Conv2d(3, config.dim, config.patch_size, stride=config.patch_size)
         self.pos_embedding = nn.Parameter(torch.randn(1, self.num_patches, config.dim) * 0.02)
         self.blocks = nn.ModuleList(
             TransformerBlock(config.dim, config.num_heads, config.mlp_ratio) for _ in range(config.depth)
@@ -62,6 +65,22 @@ class ScratchViT(VisionEncoder):
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+
+def conv_stem(patch_size: int, channels: int, out_dim: int) -> nn.Sequential:
+    """(N, 3, S, S) -> (N, out_dim, S/patch_size, S/patch_size) through log2(patch_size) stages
+    of 3x3 stride-2 conv + GroupNorm + GELU (channels doubling from ``channels``), then a 1x1
+    projection. GroupNorm, not BatchNorm: statistics per sample keep training independent of the
+    per-process batch under DDP and inference identical to training."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for stage in range(patch_size.bit_length() - 1):  # log2(patch_size) halvings
+        width = channels * 2**stage
+        layers += [nn.Conv2d(in_channels, width, 3, stride=2, padding=1, bias=False),
+                   nn.GroupNorm(min(8, width), width), nn.GELU()]
+        in_channels = width
+    layers.append(nn.Conv2d(in_channels, out_dim, 1))
+    return nn.Sequential(*layers)
 
 
 class PretrainedVisionTower(VisionEncoder):

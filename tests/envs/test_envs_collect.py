@@ -66,6 +66,7 @@ class SyntheticRollout:
 
     def __call__(self, job: RolloutJob) -> RecordedEpisode:
         self.calls.append((job.task_id, job.init_state))
+        self.placements = job.placements
         if (job.task_id, job.init_state) in self.failing:
             raise Failure("no success within 5 steps", 5)
         return synthetic_episode(job.task_id, job.init_state)
@@ -238,6 +239,24 @@ def test_first_init_state_keeps_earlier_init_states_out_of_the_data(tmp_path):
     assert "--first-init-state 3" in meta["command"]
     with pytest.raises(CollectError, match="--first-init-state 6: task 0 .* 6 init states"):
         run_synthetic(make_config(tmp_path / "E", task_ids=(0,), first_init_state=6), SyntheticRollout())
+
+
+def test_sampled_placements_use_seeds_beyond_the_benchmark_init_states(tmp_path):
+    out = tmp_path / "D"
+    rollout = SyntheticRollout(failing={(0, 1)})
+    # 4 episodes from a task with only 3 init states: sampled layouts are not limited by them.
+    report = run_synthetic(make_config(out, task_ids=(0,), episodes_per_task=4, placements="sampled"),
+                           rollout, num_init_states=3)
+    assert rollout.placements == "sampled"
+    assert rollout.calls == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
+    assert report.tasks[0].kept() == [0, 2, 3, 4] and not report.short_tasks
+    meta = json.loads((out / "meta" / "collection.json").read_text())
+    assert [e["layout_seed"] for e in meta["episodes"]] == [0, 2, 3, 4]
+    assert meta["placements"] == "sampled" and "--placements sampled" in meta["command"]
+    with pytest.raises(CollectError, match="--first-init-state 3: only applies to --placements benchmark"):
+        make_config(tmp_path / "E", placements="sampled", first_init_state=3)
+    with pytest.raises(CollectError, match="--placements 'random': expected one of"):
+        make_config(tmp_path / "E", placements="random")
 
 
 def test_collect_reports_tasks_that_run_out_of_init_states(tmp_path):

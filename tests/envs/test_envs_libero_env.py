@@ -249,6 +249,26 @@ def test_reset_is_deterministic_and_init_states_differ(object_env):
 
 
 @pytest.mark.sim
+def test_sampled_layouts_follow_the_seed_and_leave_global_numpy_alone(physics_env):
+    def layout(seed):
+        _, info = physics_env.reset(seed=seed, options={"init_state": "sampled"})
+        assert info["init_state"] == "sampled" and physics_env.init_state == "sampled"
+        return physics_env.libero_env.get_sim_state().copy()
+
+    np.random.seed(123)
+    expected_global = np.random.random()
+    np.random.seed(123)
+    first = layout(7)
+    assert np.random.random() == expected_global  # LIBERO's sampler used its own seeding
+    np.testing.assert_array_equal(layout(7), first)
+    assert not np.array_equal(layout(8), first)
+    physics_env.reset(options={"init_state": 0})
+    assert not np.array_equal(physics_env.libero_env.get_sim_state(), first)
+    with pytest.raises(ValueError, match="or 'sampled'"):
+        physics_env.reset(options={"init_state": "random"})
+
+
+@pytest.mark.sim
 def test_images_are_raw_libero_frames_rotated(object_env):
     obs, _ = object_env.reset(options={"init_state": 0})
     raw = object_env.libero_env.env._get_observations(force_update=True)

@@ -131,6 +131,29 @@ def test_config_round_trip_and_presets():
     assert VLAConfig.from_dict(off.to_dict()).routing.name == "off"
 
 
+def test_conv_stem_gives_one_token_per_patch_and_sees_across_patch_borders():
+    from vla.vision import ScratchViT
+
+    images = torch.rand(3, 2, 3, 32, 32)
+    # A pixel change at the right edge of patch (0, 0), which spans columns 0-7 of an 8 px grid.
+    changed = images.clone()
+    changed[..., 3, 7] += 0.5
+    for stem in ("patch", "conv"):
+        torch.manual_seed(0)
+        config = presets.get("tiny", **{"vision.stem": stem}).vision
+        encoder = ScratchViT(config, image_size=32, num_cameras=2, out_dim=16).eval()
+        assert encoder(images).shape == (3, 2, 16, 16)  # (B, C, (32/8)^2 patches, D)
+        grid_before = encoder.patch_embed(images.flatten(0, 1))  # (B*C, dim, 4, 4)
+        grid_after = encoder.patch_embed(changed.flatten(0, 1))
+        delta = (grid_after - grid_before).abs().amax(dim=(0, 1))  # (4, 4): change per patch
+        if stem == "patch":  # non-overlapping: only patch (0, 0) sees the pixel
+            assert delta[0, 0] > 0 and delta.flatten()[1:].max() == 0
+        else:
+            # Overlapping 3x3 receptive fields reach the neighbouring patch (0, 1); a far patch
+            # changes only a little, through GroupNorm's per-sample statistics.
+            assert delta[0, 1] > 10 * delta[3, 3] > 0
+
+
 def test_small_preset_size():
     model = VLAModel(presets.get("small"), STATS)
     # The issue asks for "roughly 10-30M"; the 6 x 256 backbone that fits the CPU demo is 8.7M.
@@ -149,6 +172,9 @@ def test_small_preset_size():
         ({"language.dim": 36, "language.num_heads": 4, "routing.aggregation.num_heads": 5}, "routing.aggregation.num_heads = 5 is invalid"),
         ({"routing.pruning.floor": 0.0}, r"PruningConfig.floor = 0.0 is invalid: expected in \(0, 1\]"),
         ({"nonsense": 1}, "VLAConfig has no field 'nonsense'"),
+        ({"vision.stem": "resnet"}, "ScratchVisionConfig.stem = 'resnet' is invalid: expected 'patch' or 'conv'"),
+        ({"vision.stem": "conv", "vision.patch_size": 6, "image_size": 36},
+         "ScratchVisionConfig.patch_size = 6 is invalid: expected a power of 2"),
     ],
 )
 def test_bad_configs_are_refused_with_the_field_named(overrides, match):
