@@ -13,6 +13,10 @@ placement sampler (the one the benchmark's 50 init states came from) with reset 
 as many distinct demonstrations as wanted, none of them a benchmark init state, so evaluation on
 all 50 init states stays held out. The per-episode numbers in the metadata are then those seeds.
 
+``--action-noise S`` records DART-style perturbed demonstrations (envs/experts/perturb.py): the
+executed translation gets correlated noise of std S in the free-space phases, the recorded action
+is the expert's own, so the data shows how to steer back onto the path.
+
 Crash safety and resume (see docs/datasets.md)::
 
     D/.staging/plan.json       what is being collected (a re-run must ask for the same)
@@ -86,6 +90,7 @@ class CollectConfig:
     max_episode_steps: int | None = None  # None = the suite's standard evaluation limit
     first_init_state: int = 0  # init states below this are never used (held out for evaluation)
     placements: str = "benchmark"  # or "sampled": fresh layouts from reset seeds 0, 1, 2, ...
+    action_noise: float = 0.0  # DART: executed actions perturbed with this std, labels clean
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -118,6 +123,10 @@ class CollectConfig:
             _check_int("--max-episode-steps", self.max_episode_steps, minimum=1, what="steps per attempt")
         _check_int("--first-init-state", self.first_init_state, minimum=0,
                    what="the first benchmark init state to record from")
+        if isinstance(self.action_noise, bool) or not isinstance(self.action_noise, (int, float)) \
+                or not 0.0 <= self.action_noise <= 1.0:
+            raise CollectError(f"--action-noise {self.action_noise!r}: expected a number in [0, 1] "
+                               "(std of the perturbation, action units; 0 = clean demonstrations)")
         if self.placements not in PLACEMENTS:
             raise CollectError(f"--placements {self.placements!r}: expected one of {list(PLACEMENTS)}")
         if self.placements == "sampled" and self.first_init_state:
@@ -141,6 +150,7 @@ class CollectConfig:
             "max_episode_steps": self.max_episode_steps,
             "first_init_state": self.first_init_state,
             "placements": self.placements,
+            "action_noise": self.action_noise,
         }
 
     def attempt_pool(self, num_init_states: int) -> int:
@@ -163,6 +173,8 @@ class CollectConfig:
             parts += ["--first-init-state", str(self.first_init_state)]
         if self.placements != "benchmark":
             parts += ["--placements", self.placements]
+        if self.action_noise:
+            parts += ["--action-noise", str(self.action_noise)]
         return shlex.join(parts + ["--out", str(self.out)])
 
 
@@ -391,7 +403,7 @@ def _jobs(config: CollectConfig, tasks: dict[int, TaskProgress], staging_root: s
             jobs.append(
                 RolloutJob(config.suite, progress.task_id, k, config.image_size, config.renderer,
                            tuple(config.cameras), config.max_episode_steps, staging_root,
-                           config.fps, config.vcodec, config.placements)
+                           config.fps, config.vcodec, config.placements, config.action_noise)
             )
     return jobs
 
@@ -559,6 +571,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--placements", default="benchmark", choices=PLACEMENTS,
                         help="benchmark: start from the fixed init states (default); sampled: "
                              "fresh layouts from LIBERO's placement sampler, seeds 0, 1, 2, ...")
+    parser.add_argument("--action-noise", type=float, default=0.0,
+                        help="DART: perturb the executed translation with correlated noise of this "
+                             "std (action units) in approach/descend/carry; the recorded actions "
+                             "stay the expert's (default 0: clean demonstrations)")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder (new, or an interrupted one to resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -581,6 +597,7 @@ def run(args: argparse.Namespace) -> int:
             max_episode_steps=args.max_episode_steps,
             first_init_state=args.first_init_state,
             placements=args.placements,
+            action_noise=args.action_noise,
         )
         if config.suite not in SUPPORTED_SUITES:
             raise CollectError(

@@ -39,6 +39,7 @@ class RolloutJob:
     fps: int
     vcodec: str
     placements: str = "benchmark"
+    action_noise: float = 0.0  # DART perturbation std (envs/experts/perturb.py); 0 = clean
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,10 @@ class LiberoExpertRollout:
             start = "sampled" if job.placements == "sampled" else job.init_state
             obs, _ = env.reset(seed=job.init_state, options={"init_state": start})
             expert.reset()
+            from envs.experts.perturb import ActionPerturbation
+
+            # Seeded per (task, start) so that a resumed or re-run collection records the same.
+            perturb = ActionPerturbation(job.action_noise, seed=job.task_id * 1_000_003 + job.init_state)
             images: dict[str, list[np.ndarray]] = {camera: [] for camera in job.cameras}
             states: list[np.ndarray] = []
             actions: list[np.ndarray] = []
@@ -120,8 +125,9 @@ class LiberoExpertRollout:
                 for camera in job.cameras:
                     images[camera].append(obs[image_key(camera)])
                 states.append(obs[OBS_STATE])
-                actions.append(action)
-                obs, _, terminated, truncated, info = env.step(action)
+                actions.append(action)  # the label is the expert's own action ...
+                # ... while the executed one may be perturbed (DART), off the expert's path.
+                obs, _, terminated, truncated, info = env.step(perturb(action, getattr(expert, "phase", None)))
                 if info["is_success"]:
                     break
                 if terminated or truncated:

@@ -30,6 +30,7 @@ class DemoPlan:
     episodes_per_task: int = 25
     image_size: int = 128
     renderer: str = "fast"
+    action_noise: float = 0.0  # DART perturbation of the demonstrations (vla collect --action-noise)
     preset: str = "small"
     train_steps: int = 1150
     batch_size: int = 32
@@ -63,6 +64,7 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
         # Evaluation starts from init states 0..E-1 (the standard protocol); the demonstrations
         # come from the init states after those, so the score is on starts never trained on.
         first_init_state=plan.eval_episodes_per_task,
+        action_noise=plan.action_noise,
     ))
     timings["collect_s"] = time.monotonic() - started
     print(report.table() if hasattr(report, "table") else report)

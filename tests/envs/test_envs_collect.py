@@ -259,6 +259,19 @@ def test_sampled_placements_use_seeds_beyond_the_benchmark_init_states(tmp_path)
         make_config(tmp_path / "E", placements="random")
 
 
+def test_action_noise_reaches_the_rollout_and_the_recorded_plan(tmp_path):
+    rollout = SyntheticRollout()
+    seen = []
+    rollout_call = rollout.__call__
+    report = run_synthetic(make_config(tmp_path / "D", task_ids=(0,), action_noise=0.3),
+                           lambda job: (seen.append(job.action_noise), rollout_call(job))[1])
+    assert seen == [0.3, 0.3] and report.tasks[0].kept() == [0, 1]
+    meta = json.loads((tmp_path / "D" / "meta" / "collection.json").read_text())
+    assert meta["plan"]["action_noise"] == 0.3 and "--action-noise 0.3" in meta["command"]
+    with pytest.raises(CollectError, match=r"--action-noise -0.1: expected a number in \[0, 1\]"):
+        make_config(tmp_path / "E", action_noise=-0.1)
+
+
 def test_collect_reports_tasks_that_run_out_of_init_states(tmp_path):
     rollout = SyntheticRollout(failing={(0, k) for k in range(1, 4)})
     report = run_synthetic(make_config(tmp_path / "D", task_ids=(0,), episodes_per_task=3), rollout,

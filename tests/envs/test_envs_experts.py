@@ -255,3 +255,27 @@ def test_make_expert_unwraps_wrappers_and_rejects_other_objects():
     assert isinstance(unwrap_libero_env(ControlEnv()), Problem)
     with pytest.raises(TypeError, match="expects a LIBERO env"):
         unwrap_libero_env(object())
+
+
+def test_action_perturbation_moves_only_the_free_space_translation():
+    from envs.experts.perturb import ActionPerturbation
+
+    action = np.array([0.1, -0.2, 0.3, 0.05, 0.0, -0.05, 1.0], np.float32)
+    assert ActionPerturbation(0.0, seed=0)(action, "approach") is action  # std 0: untouched
+    noise = ActionPerturbation(0.3, seed=1)
+    executed = np.stack([noise(action, "approach") for _ in range(20000)])  # (T, 7)
+    np.testing.assert_array_equal(executed[:, 3:], np.broadcast_to(action[3:], (20000, 4)))
+    offsets = executed[:, :3] - action[:3]  # (T, 3)
+    assert np.abs(executed).max() <= 1.0
+    quiet = np.all(offsets == 0, axis=1)
+    assert 0.3 < quiet.mean() < 0.7  # bursts: on about half of the time
+    # Temporally correlated, so it displaces the hand instead of jittering it in place.
+    active = offsets[~quiet, 0]
+    assert np.corrcoef(active[:-1], active[1:])[0, 1] > 0.8
+    assert 0.2 < active.std() < 0.35  # about the requested std (a little clipping at +-1)
+    for phase in ("grasp", "lift", "lower", "release", "retreat"):
+        assert np.array_equal(noise(action, phase), action)
+    again = ActionPerturbation(0.3, seed=1)
+    np.testing.assert_array_equal(np.stack([again(action, "carry") for _ in range(50)]), executed[:50])
+    with pytest.raises(ValueError, match="std=-0.1"):
+        ActionPerturbation(-0.1, seed=0)
