@@ -83,9 +83,9 @@ def plot_success(summary: dict, path: Path) -> None:
 
     tasks = summary["tasks"]
     rates = [100 * t["success_rate"] for t in tasks]
-    errors = [
-        [100 * (t["success_rate"] - t["wilson95"][0]) for t in tasks],
-        [100 * (t["wilson95"][1] - t["success_rate"]) for t in tasks],
+    errors = [  # (2, n_tasks): below and above each bar; never negative (matplotlib refuses)
+        [max(0.0, 100 * (t["success_rate"] - t["wilson95"][0])) for t in tasks],
+        [max(0.0, 100 * (t["wilson95"][1] - t["success_rate"])) for t in tasks],
     ]
     figure, axis = plt.subplots(figsize=(max(4, 0.6 * len(tasks) + 2), 3.5))
     axis.bar([str(t["task_id"]) for t in tasks], rates, yerr=errors, capsize=3, color="#4c78a8")

@@ -209,8 +209,21 @@ def test_wilson_interval_known_values():
     assert low == pytest.approx(0.7864, abs=1e-3) and high == pytest.approx(0.9565, abs=1e-3)
     low, high = wilson_interval(5, 10)
     assert math.isclose(low + high, 1.0, abs_tol=1e-9)  # symmetric at p = 0.5
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(50, 50)[1] == 1.0
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
+
+
+def test_report_plots_a_task_at_100_percent(tmp_path):
+    from training.eval_report import plot_success
+
+    tasks = [{"task_id": t, "success_rate": s / 10, "wilson95": list(wilson_interval(s, 10)),
+              "episodes": 10} for t, s in ((0, 10), (1, 0), (2, 6))]
+    # A bound a rounding error inside the rate (as stored by older results.json) still plots.
+    tasks[0]["wilson95"][1] = 0.9999999999999999
+    path = tmp_path / "success.png"
+    plot_success({"suite": "libero_object", "average_success_rate": 16 / 30, "tasks": tasks}, path)
+    assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_task_affinity_scheduler_keeps_workers_on_their_task():
