@@ -167,6 +167,10 @@ def test_configs_name_the_bad_field():
         ExpertConfig(close_steps=-1)
     with pytest.raises(ValueError, match="blocked_above"):
         ExpertConfig(blocked_above=0.0)
+    with pytest.raises(ValueError, match="drop_distance"):
+        ExpertConfig(drop_distance=float("nan"))
+    with pytest.raises(ValueError, match="carry_stall_tolerance"):
+        ExpertConfig(carry_stall_tolerance=-0.01)
 
 
 def test_experts_cli_parses_ids_and_formats_the_table():
@@ -236,6 +240,44 @@ def test_spatial_expert_episode_succeeds_smoothly():
     assert result.success, f"expert failed: {result}"
     assert result.steps < 220
     _assert_imitable(result.actions, expert)
+
+
+@pytest.mark.sim
+def test_expert_picks_up_an_object_dropped_in_transit_again():
+    """The object is pulled out of the hand mid-carry (put back where it started): the expert
+    notices, re-approaches it where it now lies and still completes the task."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from envs import make_libero_env
+    from envs.experts import make_expert
+
+    env = make_libero_env("libero_object", 0, cameras=())
+    try:
+        expert = make_expert(env)
+        obs, _ = env.reset(seed=0, options={"init_state": 0})
+        expert.reset()
+        sim = expert.scene.sim
+        joint = f"{expert.goal.obj}_joint0"
+        start_qpos = np.array(sim.data.get_joint_qpos(joint))  # (7,) free joint: pos + quat
+        phases, success, dropped_at = [], False, None
+        for step in range(280):
+            if dropped_at is None and expert.phase == "carry" and expert.phase_steps == 5:
+                sim.data.set_joint_qpos(joint, start_qpos)
+                sim.data.set_joint_qvel(joint, np.zeros(6))
+                sim.forward()
+                dropped_at = step
+            obs, _, terminated, truncated, info = env.step(expert.act(obs))
+            phases.append(expert.phase)
+            success = bool(info.get("is_success", False))
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    assert dropped_at is not None, "the expert never reached the carry phase"
+    after = phases[dropped_at:]
+    # It counts as dropped once the emptied fingers have closed (8 steps here).
+    assert "approach" in after and after.index("approach") < 15, after[:20]
+    assert expert.regrasps == 1
+    assert success, f"no success after the re-grasp; phases after the drop: {after}"
 
 
 def test_make_expert_unwraps_wrappers_and_rejects_other_objects():
