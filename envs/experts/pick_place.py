@@ -352,7 +352,9 @@ class ScriptedExpert:
     def _held_reach(self) -> float:
         """Horizontal distance (m) from the grip site to the farthest corner of the held object."""
         box = self.scene.object_box(self.goal.obj)
-        corners = np.array([[x, y] for x in (box.low[0], box.high[0]) for y in (box.low[1], box.high[1])])
+        corners = np.array(
+            [[x, y] for x in (box.low[0], box.high[0]) for y in (box.low[1], box.high[1])]
+        )  # (4, 2)
         return float(np.linalg.norm(corners - self.scene.eef_pos()[:2], axis=1).max())
 
     def _lift(self):

@@ -318,6 +318,7 @@ def test_action_perturbation_moves_only_the_free_space_translation():
     for phase in ("grasp", "lift", "lower", "release", "retreat"):
         assert np.array_equal(noise(action, phase), action)
     again = ActionPerturbation(0.3, seed=1)
-    np.testing.assert_array_equal(np.stack([again(action, "carry") for _ in range(50)]), executed[:50])
+    repeated = np.stack([again(action, "carry") for _ in range(50)])  # (50, 7)
+    np.testing.assert_array_equal(repeated, executed[:50])
     with pytest.raises(ValueError, match="std=-0.1"):
         ActionPerturbation(-0.1, seed=0)
