@@ -7,8 +7,8 @@ command, and :class:`~envs.experts.motion.PoseController` turns that into a smoo
     DESCEND   straight down to the grasp point (open); stops early when the hand stalls
     GRASP     hold still and close the fingers
     LIFT      straight up to the carry height; a lift without the object goes back to APPROACH
-    CARRY     at carry height, to above the target (object-in-hand offset re-measured);
-              an object dropped on the way is picked again from where it fell
+    CARRY     to above the target (object-in-hand offset re-measured), at a height re-planned
+              from the way still ahead; an object dropped on the way is picked again
     LOWER     down until the object sits just above the target's support
     RELEASE   hold still and open the fingers
     RETREAT   straight up; then hold (the episode ends on success)
@@ -324,8 +324,8 @@ class ScriptedExpert:
                     and self.scene.gripper_width() < self.config.empty_grip_width)
 
     def _pick_again(self) -> bool:
-        """After a drop: open and go back to approaching the object where it now lies, while
-        re-grasps are left (returns whether it did)."""
+        """After a failed lift or a drop: open and go back to approaching the object where it
+        now lies, while re-grasps are left (returns whether it did)."""
         if self.regrasps >= self.config.max_regrasps:
             return False
         self.regrasps += 1
@@ -373,12 +373,8 @@ class ScriptedExpert:
         # only lost if the fingers have also closed on nothing (the wall keeps them apart).
         if self.grasp.kind == "rim" and self.scene.gripper_width() > cfg.empty_grip_width:
             left_behind = left_behind and lifted < 0.005
-        if left_behind:  # the object stayed behind: grasp failed
-            if self.regrasps < cfg.max_regrasps:
-                self.regrasps += 1
-                self.grip = OPEN
-                self._enter("approach")
-                return None
+        if left_behind and self._pick_again():  # the object stayed behind: grasp failed
+            return None
         if self._reached(target, 0.02):
             self._enter("carry")
             return None
