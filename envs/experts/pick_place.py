@@ -4,7 +4,8 @@ A phase machine over privileged state; each phase sets a target gripper pose and
 command, and :class:`~envs.experts.motion.PoseController` turns that into a smooth action::
 
     APPROACH  above the grasp point at a safe height, rotate fingers to the grasp yaw, settle
-    DESCEND   straight down to the grasp point (open); stops early when the hand stalls
+    DESCEND   straight down to the grasp point (open); stops early when the hand stalls, and
+              goes back to APPROACH when it stalls far above the grasp point
     GRASP     hold still and close the fingers
     LIFT      straight up to the carry height; a lift without the object goes back to APPROACH
     CARRY     to above the target (object-in-hand offset re-measured), at a height re-planned
@@ -61,7 +62,10 @@ class ExpertConfig:
     slow_zone: float = 0.03  # the last metres of a vertical approach run at fine_speed
     aim_below: float = 0.01  # vertical moves aim this far past their stop height ...
     arrive_tolerance: float = 0.003  # ... and stop within this of it
-    blocked_above: float = 0.02  # a descent stalled this far above the grasp point is blocked
+    blocked_above: float = 0.02  # a descent stalled this far above a rim grasp point is blocked
+    # ... and this far above an across grasp point: the fingertips stand on the object's top
+    # (a tall object stops the palm 0.7 cm above its grasp point, FINGERTIP/PALM in grasp.py)
+    across_blocked_above: float = 0.012
     empty_grip_width: float = 0.003  # m between the fingers: closed on nothing below this
     carry_stall_tolerance: float = 0.02  # a carry stalled this close (xy) to its target lowers
     drop_distance: float = 0.05  # held object this far from its place in the hand: dropped
@@ -86,6 +90,7 @@ class ExpertConfig:
             "slow_zone",
             "arrive_tolerance",
             "blocked_above",
+            "across_blocked_above",
             "empty_grip_width",
             "carry_stall_tolerance",
             "drop_distance",
@@ -270,6 +275,12 @@ class ScriptedExpert:
             return self._replan_rim_grasp()
         return self._move(target, self._rot(), cfg.travel_speed)
 
+    def _centre_again(self) -> None:
+        """Back up to the hover point over the same grasp and come down again, fingers open."""
+        self.regrasps += 1
+        self._enter("approach")
+        return None
+
     def _replan_rim_grasp(self) -> None:
         """Give up this rim point (the planner avoids it from now on) and approach another."""
         self.regrasps += 1
@@ -295,11 +306,19 @@ class ScriptedExpert:
             # grasping from there closes the fingers on air 9 cm above the rim).
             self._targets.pop("history", None)
         elif self._stalled(eef):  # resting on the support or the object: grasp from here ...
-            blocked = eef[2] > target[2] + cfg.blocked_above
-            if blocked and self.grasp.kind == "rim" and self.regrasps < cfg.max_regrasps:
-                # ... unless the fingers came to rest far above the grasp point: they stand on
-                # a wall next to the rim (closing there grips air). Try another rim point.
-                return self._replan_rim_grasp()
+            rim = self.grasp.kind == "rim"
+            blocked = eef[2] > target[2] + (cfg.blocked_above if rim else cfg.across_blocked_above)
+            if blocked and self.regrasps < cfg.max_regrasps:
+                # ... unless the fingers came to rest far above the grasp point: closing there
+                # grips air. A rim grasp's fingers stand on a wall next to the rim: try another
+                # rim point. An across grasp's fingertip stands on the object's top (the hand
+                # came down off its axis, pushed by DART noise): go back up and centre again.
+                # Closing from there, lifting nothing and re-grasping also succeeded, but it put
+                # a close 2.1-2.5 cm above the grasp point into 2 of 25 LIBERO-Object task-1
+                # demonstrations, and the cloned policy closed 1-1.5 cm above the cream cheese.
+                if rim:
+                    return self._replan_rim_grasp()
+                return self._centre_again()
             self._enter("grasp")
             return None
         return self._move(aim, self._rot(), self._vertical_speed(eef[2] - target[2]))

@@ -167,6 +167,8 @@ def test_configs_name_the_bad_field():
         ExpertConfig(close_steps=-1)
     with pytest.raises(ValueError, match="blocked_above"):
         ExpertConfig(blocked_above=0.0)
+    with pytest.raises(ValueError, match="across_blocked_above"):
+        ExpertConfig(across_blocked_above=-0.01)
     with pytest.raises(ValueError, match="drop_distance"):
         ExpertConfig(drop_distance=float("nan"))
     with pytest.raises(ValueError, match="carry_stall_tolerance"):
@@ -278,6 +280,50 @@ def test_expert_picks_up_an_object_dropped_in_transit_again():
     assert "approach" in after and after.index("approach") < 15, after[:20]
     assert expert.regrasps == 1
     assert success, f"no success after the re-grasp; phases after the drop: {after}"
+
+
+@pytest.mark.parametrize("stall_above, centres_again", [(0.015, True), (0.005, False)])
+def test_expert_centres_again_when_the_descent_stops_above_the_object(stall_above, centres_again):
+    """The descent onto the cream cheese (an across grasp) comes to rest early. 1.5 cm above the
+    grasp point the fingertips stand on the object's top (a hand pushed off its axis by DART
+    noise): closing there grips air and, in the demonstrations, teaches closing above the
+    object, so the expert goes back up and centres again. 0.5 cm above is where the palm meets
+    a tall object's top: it grasps from there."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from envs import make_libero_env
+    from envs.experts import make_expert
+
+    env = make_libero_env("libero_object", 1, cameras=())  # the cream cheese: a flat box
+    try:
+        expert = make_expert(env)
+        obs, _ = env.reset(seed=0, options={"init_state": 0})
+        expert.reset()
+        real_stalled = expert._stalled
+        phases, closes_at, stalled_at, success = [], [], None, False
+        for _ in range(280):
+            eef_z = float(expert.scene.eef_pos()[2])
+            if (stalled_at is None and expert.phase == "descend"
+                    and eef_z < expert.grasp.pos[2] + stall_above):
+                # The hand comes to rest here: stands on something, as far as the expert sees.
+                expert._stalled = lambda *args, **kwargs: True
+                stalled_at = len(phases)
+            action = expert.act(obs)
+            expert._stalled = real_stalled
+            phases.append(expert.phase)
+            if action[6] > 0:
+                closes_at.append(eef_z - float(expert.grasp.pos[2]))
+            obs, _, terminated, truncated, info = env.step(action)
+            success = bool(info.get("is_success", False))
+            if success or terminated or truncated:
+                break
+    finally:
+        env.close()
+    assert stalled_at is not None, "the descent never came near the grasp point"
+    assert phases[stalled_at] == ("approach" if centres_again else "grasp"), phases[stalled_at - 2:]
+    assert expert.regrasps == int(centres_again)
+    if centres_again:  # the first close comes on the second descent, at the grasp point
+        assert closes_at[0] < 0.008, f"closed {closes_at[0] * 100:.1f} cm above the grasp point"
+    assert success
 
 
 def test_make_expert_unwraps_wrappers_and_rejects_other_objects():
