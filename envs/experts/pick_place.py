@@ -6,7 +6,7 @@ command, and :class:`~envs.experts.motion.PoseController` turns that into a smoo
     APPROACH  above the grasp point at a safe height, rotate fingers to the grasp yaw, settle
     DESCEND   straight down to the grasp point (open); stops early when the hand stalls, and
               goes back to APPROACH when it stalls far above the grasp point
-    GRASP     hold still and close the fingers
+    GRASP     close the fingers (an across grasp keeps pressing down meanwhile)
     LIFT      straight up to the carry height; a lift without the object goes back to APPROACH
     CARRY     to above the target (object-in-hand offset re-measured), at a height re-planned
               from the way still ahead; an object dropped on the way is picked again
@@ -66,6 +66,7 @@ class ExpertConfig:
     # ... and this far above an across grasp point: the fingertips stand on the object's top
     # (a tall object stops the palm 0.7 cm above its grasp point, FINGERTIP/PALM in grasp.py)
     across_blocked_above: float = 0.012
+    grasp_press: float = 0.008  # an across grasp aims this far below its grasp point while closing
     empty_grip_width: float = 0.003  # m between the fingers: closed on nothing below this
     carry_stall_tolerance: float = 0.02  # a carry stalled this close (xy) to its target lowers
     drop_distance: float = 0.05  # held object this far from its place in the hand: dropped
@@ -91,6 +92,7 @@ class ExpertConfig:
             "arrive_tolerance",
             "blocked_above",
             "across_blocked_above",
+            "grasp_press",
             "empty_grip_width",
             "carry_stall_tolerance",
             "drop_distance",
@@ -358,7 +360,14 @@ class ScriptedExpert:
             self._measure_hold()
             self._enter("lift")
             return None
-        return self._move(self.grasp.pos, self._rot(), self.config.fine_speed)
+        target = self.grasp.pos
+        if self.grasp.kind == "across":
+            # Keep pressing down while the fingers close: a policy cloned from these labels that
+            # starts closing a little early (1-1.5 cm above the cream cheese) still comes down
+            # while it closes, instead of pinching the top edge. The expert itself is already
+            # at its lowest point: the table or the palm on a tall object's top stops it.
+            target = target - np.array([0.0, 0.0, self.config.grasp_press])
+        return self._move(target, self._rot(), self.config.fine_speed)
 
     def _carry_height(self, radius: float = 0.08) -> float:
         """Grip-site height at which the held object's bottom clears, by ``safe_margin``, every

@@ -288,7 +288,8 @@ def test_expert_centres_again_when_the_descent_stops_above_the_object(stall_abov
     grasp point the fingertips stand on the object's top (a hand pushed off its axis by DART
     noise): closing there grips air and, in the demonstrations, teaches closing above the
     object, so the expert goes back up and centres again. 0.5 cm above is where the palm meets
-    a tall object's top: it grasps from there."""
+    a tall object's top: it grasps from there. Either way it keeps pressing down while the
+    fingers close (``grasp_press``), which is what a policy that closes early should copy."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     from envs import make_libero_env
     from envs.experts import make_expert
@@ -299,7 +300,7 @@ def test_expert_centres_again_when_the_descent_stops_above_the_object(stall_abov
         obs, _ = env.reset(seed=0, options={"init_state": 0})
         expert.reset()
         real_stalled = expert._stalled
-        phases, closes_at, stalled_at, success = [], [], None, False
+        phases, closes_at, close_pushes, stalled_at, success = [], [], [], None, False
         for _ in range(280):
             eef_z = float(expert.scene.eef_pos()[2])
             if (stalled_at is None and expert.phase == "descend"
@@ -312,6 +313,7 @@ def test_expert_centres_again_when_the_descent_stops_above_the_object(stall_abov
             phases.append(expert.phase)
             if action[6] > 0:
                 closes_at.append(eef_z - float(expert.grasp.pos[2]))
+                close_pushes.append(float(action[2]))
             obs, _, terminated, truncated, info = env.step(action)
             success = bool(info.get("is_success", False))
             if success or terminated or truncated:
@@ -323,6 +325,8 @@ def test_expert_centres_again_when_the_descent_stops_above_the_object(stall_abov
     assert expert.regrasps == int(centres_again)
     if centres_again:  # the first close comes on the second descent, at the grasp point
         assert closes_at[0] < 0.008, f"closed {closes_at[0] * 100:.1f} cm above the grasp point"
+    # While closing it comes down, to below the grasp point (the cream cheese lies on the table).
+    assert close_pushes[0] < -0.05 and min(closes_at) < -0.004, (close_pushes[:5], closes_at[:14])
     assert success
 
 
