@@ -20,10 +20,12 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Measured on the 2-core CPU (docs/training.md, "vla demo"): 28.5 min in all (collect 50
-    DART demonstrations 4.5 min, train 1150 steps at batch 32 19.6 min, 20 ensembled policy
-    episodes 4.4 min) and 90 % success on held-out starts. The host's speed varies: the same
-    collection took 3.4 to 7.3 min on the same day, so keep a margin under the 30-min budget."""
+    """Measured on the 2-core CPU (docs/training.md, "vla demo"), with the expert of 411e2c7:
+    30.8 min on a slow hour (collect 50 DART demonstrations 5.1 min, train 1150 steps at batch
+    32 21.6 min, 20 ensembled policy episodes 4.1 min) and 85 % success on held-out starts;
+    the same steps took 24.5 to 28.5 min in the day's other runs (70-90 % success over four
+    expert versions). The host's speed varies: the same collection took 3.4 to 7.3 min on the
+    same day, so keep a margin under the 30-min budget."""
 
     suite: str = "libero_object"
     task_ids: tuple[int, ...] = (0, 1)
