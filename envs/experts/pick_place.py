@@ -364,8 +364,9 @@ class ScriptedExpert:
         if self.grasp.kind == "across":
             # Keep pressing down while the fingers close: a policy cloned from these labels that
             # starts closing a little early (1-1.5 cm above the cream cheese) still comes down
-            # while it closes, instead of pinching the top edge. The expert itself is already
-            # at its lowest point: the table or the palm on a tall object's top stops it.
+            # while it closes, instead of pinching the top edge. The expert's own hand comes
+            # down the full 8 mm on the cream cheese (the fingertips' 4 mm table clearance is
+            # conservative); LIBERO-Object stays at 500/500 with it (docs/experts.md).
             target = target - np.array([0.0, 0.0, self.config.grasp_press])
         return self._move(target, self._rot(), self.config.fine_speed)
 
