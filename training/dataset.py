@@ -116,12 +116,14 @@ class ChunkedLeRobotDataset(Dataset):
         self.fps = meta.fps
         self.meta = meta
 
-        table = lerobot_dataset.hf_dataset.with_format("numpy")
-        self._episode_index = np.asarray(table["episode_index"], dtype=np.int64)  # (N,)
-        self._frame_index = np.asarray(table["frame_index"], dtype=np.int64)  # (N,)
-        self._state = np.stack(table[OBS_STATE]).astype(np.float32)  # (N, S_dim)
-        self._action = np.stack(table[ACTION]).astype(np.float32)  # (N, A)
-        task_index = np.asarray(table["task_index"], dtype=np.int64)  # (N,)
+        # Whole columns straight from Arrow: the numpy formatter converts row by row (~3 s per
+        # column for 10k frames on this CPU), Arrow hands over the buffers in milliseconds.
+        table = lerobot_dataset.hf_dataset.with_format("arrow")[:]
+        self._episode_index = _column(table, "episode_index", np.int64)  # (N,)
+        self._frame_index = _column(table, "frame_index", np.int64)  # (N,)
+        self._state = _column(table, OBS_STATE, np.float32, needs.state_dim)  # (N, S_dim)
+        self._action = _column(table, ACTION, np.float32, needs.action_dim)  # (N, A)
+        task_index = _column(table, "task_index", np.int64)  # (N,)
         task_names = {int(i): name for name, i in zip(meta.tasks.index, meta.tasks["task_index"])}
         self._task_index = task_index
         self._task_names = task_names
@@ -183,6 +185,20 @@ class ChunkedLeRobotDataset(Dataset):
             image = torch.from_numpy(np.array(frames[row]))  # (S, S, 3) uint8, copied off the memmap
             item[OBS_IMAGE_PREFIX + camera] = image.permute(2, 0, 1).float() / 255.0  # (3, S, S)
         return item
+
+
+def _column(table, name: str, dtype, width: int | None = None) -> np.ndarray:
+    """An Arrow table's column as numpy: (N,) for scalars, (N, width) for fixed-length vectors."""
+    column = table.column(name).combine_chunks()
+    if width is None:
+        return column.to_numpy(zero_copy_only=False).astype(dtype)  # (N,)
+    values = column.flatten().to_numpy(zero_copy_only=False)  # (N * width,) when rows are full
+    if values.size != table.num_rows * width:
+        raise DatasetMismatchError(
+            f"column {name!r} holds {values.size} values for {table.num_rows} frames; "
+            f"expected {width} per frame"
+        )
+    return values.reshape(table.num_rows, width).astype(dtype)  # (N, width)
 
 
 def _cache_key(root: Path, video_key: str) -> str:

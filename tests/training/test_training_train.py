@@ -17,7 +17,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.dataset import ChunkedLeRobotDataset, DatasetMismatchError, DatasetRequirements
+from training.dataset import (
+    ChunkedLeRobotDataset,
+    DatasetMismatchError,
+    DatasetRequirements,
+    load_lerobot_dataset,
+)
 from training.train import TrainConfig, train
 from vla import presets
 
@@ -63,6 +68,19 @@ def test_chunks_pad_past_the_episode_end(synthetic_dataset):
     assert first["observation.images.agentview"].shape == (3, 32, 32)
     assert 0.0 <= first["observation.images.wrist"].min() <= first["observation.images.wrist"].max() <= 1.0
     assert first["task"] in ("push the block to the left", "push the block to the right")
+
+
+def test_columns_read_in_bulk_match_the_frames_lerobot_serves(synthetic_dataset):
+    needs = DatasetRequirements(("agentview", "wrist"), 32, 8, 7)
+    dataset = ChunkedLeRobotDataset(synthetic_dataset, needs, chunk_size=4, progress=False)
+    reference = load_lerobot_dataset(Path(synthetic_dataset)).hf_dataset.with_format("numpy")
+    assert dataset._state.shape == (len(reference), 8)
+    for row in (0, len(reference) // 2, len(reference) - 1):
+        frame = reference[row]
+        assert np.array_equal(dataset._state[row], frame["observation.state"])
+        assert np.array_equal(dataset._action[row], frame["action"])
+        assert int(dataset._episode_index[row]) == int(frame["episode_index"])
+        assert int(dataset._task_index[row]) == int(frame["task_index"])
 
 
 @pytest.mark.parametrize(
