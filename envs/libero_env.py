@@ -286,6 +286,12 @@ def _build_libero_env(bddl_file: str, image_size: int, renderer: str, cameras: t
     os.environ.setdefault("MUJOCO_GL", "egl")
     if os.environ["MUJOCO_GL"] == "egl":
         os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    # Importing triton after an EGL context exists segfaults (Mesa's EGL and triton's driver
+    # probing). torch._dynamo, torchvision.ops and lerobot import it lazily, e.g. when a
+    # collection run in this process goes on to write its LeRobot dataset, so import it now,
+    # before the first context; it is a no-op once imported.
+    import torch._dynamo  # noqa: F401
+
     from envs.libero_setup import ensure_libero_ready
 
     ensure_libero_ready()

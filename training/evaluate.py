@@ -55,10 +55,8 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init(policy_spec: Any, protocol: EvalProtocol, video_dir: str | None) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
-    # Import the model stack before any environment exists: importing triton (pulled in lazily by
-    # torch._dynamo, torchvision.ops, lerobot) after an EGL context was created segfaults.
+    # (envs.libero_env imports triton's users before it creates an EGL context.)
     import torch
-    import torch._dynamo  # noqa: F401
 
     import policies  # noqa: F401
 
@@ -238,9 +236,27 @@ def _run_in_workers(policy_spec: Any, protocol: EvalProtocol, jobs: list[Episode
                 process.terminate()
 
 
+def check_init_states_exist(protocol: EvalProtocol) -> None:
+    """Refuses, before any worker starts, episodes past a task's last fixed init state: they
+    would otherwise each fail inside a worker and quietly count as failures."""
+    from envs.suites import task_init_states
+
+    last = protocol.first_init_state + protocol.episodes_per_task  # one past the last init state used
+    for task_id in protocol.task_ids:
+        available = len(task_init_states(protocol.suite, task_id))
+        if last > available:
+            raise ValueError(
+                f"episodes_per_task={protocol.episodes_per_task} from first_init_state="
+                f"{protocol.first_init_state} needs init states up to {last - 1}, but "
+                f"{protocol.suite} task {task_id} has {available} (0-{available - 1}); expected "
+                f"first_init_state + episodes_per_task <= {available}"
+            )
+
+
 def run_evaluation(policy_spec: Any, protocol: EvalProtocol, *, workers: int = 2,
                    video_dir: str | Path | None = None, progress: bool = True) -> list[EpisodeResult]:
     """All episodes of ``protocol``; ``workers=0`` runs them in this process (debugging, tests)."""
+    check_init_states_exist(protocol)
     jobs = [EpisodeJob(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)]
     video_dir = str(video_dir) if video_dir is not None else None
     if video_dir is not None:

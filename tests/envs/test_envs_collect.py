@@ -456,3 +456,22 @@ def test_real_collection_one_episode(tmp_path):
     actions = dataset_columns(dataset)["action"]
     assert np.all(np.abs(actions) <= 1.0)
     print(f"real collection: {meta['episodes'][0]['length']} steps in {seconds:.1f} s")
+
+
+@pytest.mark.sim
+def test_in_process_collection_writes_its_dataset(tmp_path):
+    """`--workers 0` renders in the CLI's own process, which then imports lerobot to write the
+    dataset; importing triton after an EGL context exists used to segfault there, silently, with
+    no dataset written. A fresh interpreter, so no earlier import in this test session hides it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "D"
+    completed = subprocess.run(
+        [sys.executable, "-m", "vla_cli", "collect", "--suite", "libero_object", "--tasks", "0",
+         "--episodes-per-task", "1", "--image-size", "32", "--workers", "0", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MUJOCO_GL": "egl", "HF_HUB_OFFLINE": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert load(out).num_episodes == 1
