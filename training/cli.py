@@ -114,6 +114,10 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="default: the suite's standard")
     parser.add_argument("--settle-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--first-init-state", type=int, default=0, metavar="K",
+                        help="episode k starts from init state K+k (default 0: the standard "
+                             "protocol); e.g. score starts that `vla collect --first-init-state` "
+                             "kept out of the demonstrations")
     parser.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's")
     parser.add_argument("--renderer", default=None, help="fast | standard (default: the dataset's)")
     parser.add_argument("--n-action-steps", type=int, default=None,
@@ -159,6 +163,7 @@ def run_eval(args: argparse.Namespace) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from envs.suites import parse_task_ids
     from training.eval_protocol import EvalProtocol
+    from training.evaluate import check_init_states_exist
     from training.policy_specs import CheckpointPolicySpec, ExpertPolicySpec, RandomPolicySpec
 
     try:
@@ -180,7 +185,9 @@ def run_eval(args: argparse.Namespace) -> int:
             max_steps=args.max_steps, num_settle_steps=args.settle_steps, seed=args.seed,
             image_size=image_size, renderer=renderer or "fast",
             n_action_steps=1 if args.temporal_ensemble else args.n_action_steps,
+            first_init_state=args.first_init_state,
         )
+        check_init_states_exist(protocol)
     except ValueError as error:
         print(f"vla eval: error: {error}", file=sys.stderr)
         return 2

@@ -42,6 +42,24 @@ def test_expert_succeeds_and_random_fails_through_the_runner(object_env):
     assert [r.init_state for r in results] == [0, 1]  # episode k uses init state k
 
 
+def test_first_init_state_shifts_the_starts_and_past_the_last_one_is_refused(object_env, capsys):
+    import vla_cli
+
+    protocol = EvalProtocol(suite="libero_object", task_ids=(0,), episodes_per_task=2,
+                            image_size=64, max_steps=2, first_init_state=47)
+    random_policy = RandomPolicySpec(chunk_size=8).build(object_env)
+    results = [run_episode(object_env, random_policy, protocol, EpisodeJob(0, k)) for k in range(2)]
+    assert [r.init_state for r in results] == [47, 48]
+    assert all(r.error is None for r in results)
+
+    # 47 + 4 episodes would need init state 50; LIBERO-Object tasks have 50 (0-49).
+    code = vla_cli.main(["eval", "--policy", "random", "--suite", "libero_object", "--tasks", "0",
+                         "--episodes-per-task", "4", "--first-init-state", "47", "--workers", "0"])
+    assert code == 2
+    message = capsys.readouterr().err
+    assert "needs init states up to 50" in message and "has 50 (0-49)" in message
+
+
 def test_policy_errors_are_recorded_not_raised(object_env):
     class BrokenPolicy:
         def infer(self, obs):
