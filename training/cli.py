@@ -38,6 +38,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-augment", action="store_true", help="disable image augmentation")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="model preset override, e.g. --set chunk_size=16 (repeatable)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                        help="finish within this wall time: if --steps would not fit at the speed "
+                             "measured over the first steps, train fewer (the schedule ends there)")
     parser.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints")
     parser.set_defaults(func=run_train)
 
@@ -70,6 +73,10 @@ def train_config_from_args(args: argparse.Namespace, base=None):
         for name in ("steps", "batch_size", "lr", "checkpoint_every", "keep_last", "seed", "num_workers")
         if getattr(args, name, None) is not None
     }
+    if getattr(args, "time_budget", None) is not None:
+        if not args.time_budget > 0:
+            raise ValueError(f"--time-budget {args.time_budget}: expected a positive number of minutes")
+        changes["time_budget_s"] = args.time_budget * 60.0
     if getattr(args, "no_augment", False):
         changes["augment"] = AugmentConfig(shift_pixels=0, brightness=0, contrast=0, saturation=0)
     import dataclasses
@@ -92,8 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
     except (DatasetMismatchError, FileExistsError, ValueError) as error:
         print(f"vla train: error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({k: summary[k] for k in ("steps", "final_loss", "best_metric", "wall_time_s",
-                                               "checkpoint")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("steps", "planned_steps", "final_loss", "best_metric",
+                                               "wall_time_s", "checkpoint")}, indent=2))
     return 0
 
 

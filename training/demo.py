@@ -5,8 +5,8 @@
     2. train     the `small` preset                -> DIR/run       (checkpoints, logs, summary)
     3. evaluate  standard protocol on the trained tasks -> DIR/eval (results.json, table, plot)
 
-Each stage is resumable: re-running the same command skips finished stages (a complete dataset,
-a run whose last checkpoint reached the step target, an eval folder with results.json).
+Re-running the same command resumes: it skips a complete dataset and a run that wrote its
+train_summary.json, continues an interrupted run from its last checkpoint, and evaluates again.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 @dataclass(frozen=True)
 class DemoPlan:
     """Measured on the 2-core CPU (docs/training.md, "vla demo"), with the expert of 411e2c7:
-    30.8 min on a slow hour (collect 50 DART demonstrations 5.1 min, train 1150 steps at batch
-    32 21.6 min, 20 ensembled policy episodes 4.1 min) and 85 % success on held-out starts;
-    the same steps took 24.5 to 28.5 min in the day's other runs (70-90 % success over four
-    expert versions). The host's speed varies: the same collection took 3.4 to 7.3 min on the
-    same day, so keep a margin under the 30-min budget."""
+    20.2 min (collect 50 DART demonstrations 4.4 min, train 1000 steps at batch 32 12.8 min,
+    20 ensembled policy episodes 3.0 min) and 90 % success on held-out starts (18/20; 27/30 more
+    on init states 35-49). On the same data, 1150 steps scored 17/20 and 25/30, and took 30.8
+    min on a slow hour: the host's speed varies by up to 1.6x from hour to hour, so the plan
+    keeps about a third of the 30-min budget in reserve."""
 
     suite: str = "libero_object"
     task_ids: tuple[int, ...] = (0, 1)
@@ -34,7 +34,7 @@ class DemoPlan:
     renderer: str = "fast"
     action_noise: float = 0.3  # DART perturbation of the demonstrations (vla collect --action-noise)
     preset: str = "small"
-    train_steps: int = 1150
+    train_steps: int = 1000
     batch_size: int = 32
     lr: float = 5e-4
     eval_episodes_per_task: int = 10
@@ -43,6 +43,36 @@ class DemoPlan:
     # above the cream cheese; with ensembling the same checkpoint went from 7/20 to 18/20.
     temporal_ensemble: float | None = 0.01
     workers: int = 2
+    # Wall-clock target for the whole demo, or None. Training gets what is left after collection
+    # minus a reserve for evaluation; on a slow hour it trains fewer steps (vla train
+    # --time-budget) instead of running past the target. Nothing changes on a normal hour.
+    time_budget_min: float | None = 29.0
+
+
+# An evaluation episode costs at most this many collection episodes of wall time (a policy call
+# every step, up to the step limit): measured 1.4-2.4 in the runs of docs/training.md.
+EVAL_EPISODE_COST = 2.5
+
+
+def training_budget_s(plan: DemoPlan, elapsed_s: float, collect_s: float) -> float | None:
+    """Seconds left for training: the demo's budget minus what has run and an evaluation reserve
+    scaled from the collection speed measured this run (the host's speed varies by the hour)."""
+    if plan.time_budget_min is None:
+        return None
+    collected = len(plan.task_ids) * plan.episodes_per_task
+    evaluated = len(plan.task_ids) * plan.eval_episodes_per_task
+    reserve_s = collect_s / collected * evaluated * EVAL_EPISODE_COST
+    # A floor, so a collection that overran still leaves a policy worth scoring.
+    return max(plan.time_budget_min * 60.0 - elapsed_s - reserve_s, 120.0)
+
+
+def _training_finished(run_dir: Path, planned_steps: int) -> bool:
+    """A run of this plan wrote its summary (it may have stopped early for its time budget)."""
+    summary_path = run_dir / "train_summary.json"
+    if not summary_path.is_file():
+        return False
+    summary = json.loads(summary_path.read_text())
+    return summary.get("planned_steps", summary["steps"]) >= planned_steps
 
 
 def _stage(title: str) -> None:
@@ -57,6 +87,7 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
     plan = plan or DemoPlan()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    demo_started = time.monotonic()
 
     _stage(f"1/3 collect: {plan.suite} tasks {list(plan.task_ids)}, "
            f"{plan.episodes_per_task} demos each")
@@ -75,7 +106,10 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
     timings["collect_s"] = time.monotonic() - started
     print(report.table() if hasattr(report, "table") else report)
 
-    _stage(f"2/3 train: preset {plan.preset}, {plan.train_steps} steps, batch {plan.batch_size}")
+    budget_s = training_budget_s(plan, time.monotonic() - demo_started, timings["collect_s"])
+    budget_note = f", within {budget_s / 60:.1f} min" if budget_s is not None else ""
+    _stage(f"2/3 train: preset {plan.preset}, {plan.train_steps} steps, batch {plan.batch_size}"
+           f"{budget_note}")
     from training.checkpoints import latest_checkpoint
     from training.train import TrainConfig, train
     from vla import presets
@@ -83,14 +117,16 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
     started = time.monotonic()
     run_dir = out / "run"
     existing = latest_checkpoint(run_dir / "checkpoints")
-    if existing is None or existing.step < plan.train_steps:
+    if not _training_finished(run_dir, plan.train_steps):
         model_config = presets.get(plan.preset, image_size=plan.image_size)
         train(model_config=model_config,
               train_config=TrainConfig(steps=plan.train_steps, batch_size=plan.batch_size, lr=plan.lr,
-                                       checkpoint_every=max(1, plan.train_steps // 4)),
+                                       checkpoint_every=max(1, plan.train_steps // 4),
+                                       time_budget_s=budget_s),
               dataset_dir=dataset_dir, run_dir=run_dir, resume=existing is not None,
               command=command)
     timings["train_s"] = time.monotonic() - started
+    trained_steps = json.loads((run_dir / "train_summary.json").read_text())["steps"]
 
     _stage(f"3/3 evaluate: {plan.eval_episodes_per_task} episodes per task, standard protocol")
     from training.cli import evaluate_and_report
@@ -113,6 +149,7 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
 
     print((eval_dir / "results.md").read_text())
     record = {"plan": plan.__dict__ | {"task_ids": list(plan.task_ids)}, "timings": timings,
+              "trained_steps": trained_steps, "training_budget_s": budget_s,
               "average_success_rate": summary["average_success_rate"], "command": command}
     (out / "demo_summary.json").write_text(json.dumps(record, indent=2))
     total = sum(timings.values())

@@ -66,6 +66,9 @@ class TrainConfig:
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mixed_precision: str = "auto"  # "auto" (bf16 on capable GPUs, else fp32) | "no" | "bf16"
+    # Wall-clock limit for the whole train() call, or None. Measured speed decides, early in the
+    # run, whether `steps` fit; if not, the run trains fewer steps (see TimeBudget).
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "checkpoint_every", "keep_last", "log_every", "val_batches")
@@ -86,6 +89,12 @@ class TrainConfig:
             raise ValueError(f"ema_decay={self.ema_decay!r}; expected a float in [0, 1)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction!r}; expected a float in [0, 1)")
+        if self.time_budget_s is not None and not (
+            isinstance(self.time_budget_s, (int, float)) and self.time_budget_s > 0
+        ):
+            raise ValueError(
+                f"time_budget_s={self.time_budget_s!r}; expected a positive number of seconds or None"
+            )
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(
                 f"mixed_precision={self.mixed_precision!r}; expected 'auto', 'no' or 'bf16'"
@@ -141,16 +150,59 @@ class StepBatchSampler(Sampler[list[int]]):
         return max(0, self.total_steps - self.start_step)
 
 
-def cosine_with_warmup(warmup_steps: int, total_steps: int):
-    """lr multiplier: linear 0->1 over warm-up, then cosine 1->0 at total_steps."""
+class CosineWithWarmup:
+    """lr multiplier: linear 0->1 over warm-up, then cosine 1->0 at ``total_steps``.
 
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    A callable object, not a closure: LambdaLR saves an object's attributes with the scheduler
+    state, and ``total_steps`` can be lowered during a run (by a time budget), which a resumed
+    run must see.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int):
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.planned_steps = total_steps  # before any time budget lowered it
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return multiplier
+
+class TimeBudget:
+    """Fits a run into a wall-clock budget by training fewer steps when it must.
+
+    The speed is measured over steps [SKIP, DECIDE) of this process's run (the first steps pay for
+    allocator warm-up), once, before the warm-up of the learning rate ends whenever warm-up is at
+    least DECIDE steps long, so the schedule is still the cosine over the new total. The new
+    total leaves MARGIN of the remaining time for validation, checkpoints and speed drift.
+    """
+
+    SKIP, DECIDE, MARGIN = 5, 30, 0.05
+
+    def __init__(self, budget_s: float | None, started: float):
+        self.budget_s = budget_s
+        self.started = started  # time.monotonic() when train() began
+        self._window_start: float | None = None
+
+    def tick(self, steps_done_here: int) -> bool:
+        """Called after each step of this call; True at the step where the total is decided."""
+        if self.budget_s is None:
+            return False
+        if steps_done_here == self.SKIP:
+            self._window_start = time.monotonic()
+        return steps_done_here == self.DECIDE and self._window_start is not None
+
+    def lowered_total(self, step: int, total_steps: int) -> int | None:
+        """At the decision step: the total that fits the budget, or None if ``total_steps`` fits."""
+        now = time.monotonic()
+        seconds_per_step = (now - self._window_start) / (self.DECIDE - self.SKIP)
+        remaining_s = self.budget_s - (now - self.started)
+        affordable = int(remaining_s * (1.0 - self.MARGIN) / seconds_per_step)
+        if step + affordable >= total_steps:
+            return None
+        return max(step + 1, step + affordable)
 
 
 def _derived_seed(*parts: int) -> int:
@@ -177,6 +229,7 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
           run_dir: str | Path, resume: bool = False, progress: bool = True,
           command: str | None = None) -> dict:
     """Trains and returns the train_summary.json record (also written to RUN/)."""
+    train_started = time.monotonic()  # what train_config.time_budget_s counts from
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
@@ -236,9 +289,8 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
         [p for p in model.parameters() if p.requires_grad],
         lr=train_config.lr, weight_decay=train_config.weight_decay, betas=(0.9, 0.95),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(train_config.warmup_steps, train_config.steps)
-    )
+    schedule = CosineWithWarmup(train_config.warmup_steps, train_config.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ema = EMA(model, decay=train_config.ema_decay)
     start_step = 0
     best_metric = None
@@ -248,10 +300,19 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
         ema.load_state_dict(state["ema"])
         start_step = int(state["step"])
         best_metric = state.get("best_metric")
-    if start_step >= train_config.steps:
+        if schedule.planned_steps != train_config.steps:
+            # The checkpoint's schedule came from a run with another --steps: follow the new
+            # plan, from the restored step on.
+            schedule.total_steps = schedule.planned_steps = train_config.steps
+    # A time budget may have lowered the total of the run being resumed (restored with the
+    # scheduler); it stays lowered.
+    total_steps = schedule.total_steps
+    if start_step >= total_steps:
+        shortened = (f" (its time budget shortened it from {schedule.planned_steps} steps)"
+                     if total_steps < schedule.planned_steps else "")
         raise ValueError(
-            f"--steps {train_config.steps} is not beyond the resumed step {start_step}; "
-            "raise --steps to train further"
+            f"--steps {train_config.steps}: the resumed run already reached step {start_step} "
+            f"of {total_steps}{shortened}; raise --steps to train further"
         )
 
     sampler = StepBatchSampler(len(train_set), train_config.batch_size, train_config.seed,
@@ -292,9 +353,10 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=train_config.steps, initial=start_step, desc="train", unit="step",
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                disable=not (progress and is_main))
     started = time.monotonic()
+    budget = TimeBudget(train_config.time_budget_s, train_started)
     window_loss, window_count, window_start = 0.0, 0, time.monotonic()
     last_loss = float("nan")
     step = start_step
@@ -321,7 +383,25 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
         window_count += 1
         last_loss = loss_value
         bar.update(1)
-        if step % train_config.log_every == 0 or step == train_config.steps:
+        lowered = None
+        if budget.tick(step - start_step):  # the same step on every process
+            lowered = budget.lowered_total(step, total_steps)
+            if accelerator.num_processes > 1:
+                from accelerate.utils import broadcast_object_list
+
+                # Every process must stop at the same step: the main process's decision wins.
+                lowered = broadcast_object_list([lowered])[0]
+        if lowered is not None:
+            if is_main:
+                tqdm.write(
+                    f"time budget: {total_steps} steps would not finish within "
+                    f"{train_config.time_budget_s / 60:.1f} min at the measured speed; "
+                    f"training {lowered} steps (the cosine schedule ends there)"
+                )
+            total_steps = schedule.total_steps = lowered
+            bar.total = total_steps
+            bar.refresh()
+        if step % train_config.log_every == 0 or step == total_steps:
             elapsed = time.monotonic() - window_start
             record = {
                 "step": step, "loss": window_loss / window_count, "lr": scheduler.get_last_lr()[0],
@@ -332,7 +412,7 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
             if is_main:
                 _log(writer, metrics_path, record)
             window_loss, window_count, window_start = 0.0, 0, time.monotonic()
-        if step % train_config.checkpoint_every == 0 or step == train_config.steps:
+        if step % train_config.checkpoint_every == 0 or step == total_steps:
             metric = None
             if is_main:
                 metric = _validation_loss(ema.model, val_set, to_model_inputs, train_config, step)
@@ -350,10 +430,14 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
                     extra={"best_metric": best_metric, "train_config": train_config.to_dict()},
                 )
             accelerator.wait_for_everyone()
+        if step >= total_steps:
+            break  # a time budget lowered the total; the sampler would go on to `steps`
     bar.close()
 
     summary = {
         "steps": step,
+        "planned_steps": train_config.steps,
+        "time_budget_s": train_config.time_budget_s,
         "resumed_from_step": start_step if resume_from is not None else None,
         "final_loss": last_loss,
         "best_metric": best_metric,

@@ -6,9 +6,19 @@ import json
 
 import pytest
 
-from training.demo import DemoPlan, run_demo_pipeline
+from training.demo import DemoPlan, run_demo_pipeline, training_budget_s
 
-pytestmark = pytest.mark.sim
+
+def test_training_budget_keeps_an_evaluation_reserve_scaled_from_collection_speed():
+    plan = DemoPlan(time_budget_min=29.0)  # 2 tasks: 50 demonstrations, 20 evaluation episodes
+    # 300 s for 50 demonstrations -> 6 s each; 20 evaluation episodes at 2.5x -> 300 s reserve.
+    assert training_budget_s(plan, elapsed_s=320.0, collect_s=300.0) == pytest.approx(1740 - 320 - 300)
+    # A collection that overran still leaves two minutes of training.
+    assert training_budget_s(plan, elapsed_s=1700.0, collect_s=1690.0) == 120.0
+    assert training_budget_s(DemoPlan(time_budget_min=None), 320.0, 300.0) is None
+
+
+@pytest.mark.sim
 
 
 def test_demo_pipeline_runs_every_stage_with_ensembled_eval_and_resumes(tmp_path):
@@ -30,6 +40,7 @@ def test_demo_pipeline_runs_every_stage_with_ensembled_eval_and_resumes(tmp_path
     # Evaluation starts (init state 0) are not among the demonstrations' (from init state 1 on).
     assert [e["init_state"] for e in results["episodes"]] == [0]
     assert 0.0 <= summary["average_success_rate"] <= 1.0
+    assert summary["trained_steps"] == 2 and summary["training_budget_s"] >= 120.0
 
     # Re-running resumes: nothing is collected or trained again.
     checkpoint_mtime = last.stat().st_mtime_ns

@@ -135,6 +135,25 @@ def test_train_writes_loadable_checkpoints_and_summary(synthetic_dataset, tmp_pa
               dataset_dir=synthetic_dataset, run_dir=run, progress=False)
 
 
+def test_time_budget_trains_fewer_steps_and_still_ends_the_schedule(synthetic_dataset, tmp_path):
+    run = tmp_path / "run"
+    planned, budget_s = 100_000, 12.0  # far more steps than 12 s allow, even for `tiny`
+    config = TrainConfig(steps=planned, batch_size=4, warmup_steps=40, checkpoint_every=100_000,
+                         log_every=5, time_budget_s=budget_s)
+    summary = train(model_config=presets.get("tiny"), train_config=config,
+                    dataset_dir=synthetic_dataset, run_dir=run, progress=False)
+    assert 30 < summary["steps"] < planned and summary["planned_steps"] == planned
+    assert summary["wall_time_s"] < 2 * budget_s  # roughly within the budget, not a timing test
+    assert os.readlink(run / "checkpoints" / "last") == f"{summary['steps']:08d}"
+    final = [m for m in _metrics(run) if "lr" in m][-1]
+    assert final["step"] == summary["steps"] and final["lr"] == pytest.approx(0.0, abs=1e-9)
+
+    # Resuming the finished run with the same plan says why there is nothing left to do.
+    with pytest.raises(ValueError, match=f"reached step {summary['steps']} .*shortened it from {planned}"):
+        train(model_config=presets.get("tiny"), train_config=config, dataset_dir=synthetic_dataset,
+              run_dir=run, resume=True, progress=False)
+
+
 def test_resume_after_sigkill_continues_to_the_same_result(synthetic_dataset, tmp_path):
     steps = 30
     args = ["--checkpoint-every", "5", "--seed", "3"]

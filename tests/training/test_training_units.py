@@ -22,7 +22,7 @@ from training.checkpoints import (
 from training.ema import EMA
 from training.eval_protocol import STANDARD_MAX_STEPS, EvalProtocol
 from training.stats import wilson_interval
-from training.train import StepBatchSampler, TrainConfig, cosine_with_warmup, masked_mean
+from training.train import CosineWithWarmup, StepBatchSampler, TrainConfig, TimeBudget, masked_mean
 
 
 # ------------------------------------------------------------------------------ sampler
@@ -49,13 +49,63 @@ def test_step_sampler_rejects_empty_dataset():
 
 
 def test_cosine_with_warmup_shape():
-    multiplier = cosine_with_warmup(warmup_steps=10, total_steps=110)
+    multiplier = CosineWithWarmup(warmup_steps=10, total_steps=110)
     assert multiplier(0) == pytest.approx(0.1)
     assert multiplier(9) == pytest.approx(1.0)
     assert multiplier(60) == pytest.approx(0.5)
     assert multiplier(110) == pytest.approx(0.0, abs=1e-9)
     values = [multiplier(s) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay after warm-up
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def _decision(monkeypatch, *, budget_s, seconds_per_step, total_steps, start_step=0, setup_s=10.0):
+    """TimeBudget over a fake clock: (the step it decides at, the lowered total or None)."""
+    import training.train as train_module
+
+    clock = _FakeClock()
+    monkeypatch.setattr(train_module.time, "monotonic", clock)
+    budget = TimeBudget(budget_s, started=clock())
+    clock.now += setup_s  # dataset decoding, model building
+    for done in range(1, 100):
+        clock.now += seconds_per_step
+        if budget.tick(done):
+            return start_step + done, budget.lowered_total(start_step + done, total_steps)
+    return None, None
+
+
+def test_time_budget_lowers_the_total_once_to_what_fits(monkeypatch):
+    # 1 s/step, 10 s set-up, 100 s budget: at step 30 (t=40 s), 60 s are left, 95 % of them
+    # buys 57 more steps.
+    assert _decision(monkeypatch, budget_s=100, seconds_per_step=1.0, total_steps=1000) == (30, 87)
+    # A plan that fits is left alone, and so is a run without a budget.
+    assert _decision(monkeypatch, budget_s=2000, seconds_per_step=1.0, total_steps=1000) == (30, None)
+    assert _decision(monkeypatch, budget_s=None, seconds_per_step=1.0, total_steps=1000) == (None, None)
+    # A resumed run measures its own first steps; a budget already spent still trains one step.
+    assert _decision(monkeypatch, budget_s=20, seconds_per_step=1.0, total_steps=1000,
+                     start_step=500) == (530, 531)
+
+
+def test_lowered_schedule_total_survives_a_scheduler_round_trip():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = CosineWithWarmup(warmup_steps=2, total_steps=100)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    schedule.total_steps = 40  # what a time budget does mid-run
+    state = json.loads(json.dumps(scheduler.state_dict()))  # checkpoints keep it as JSON
+
+    restored_schedule = CosineWithWarmup(warmup_steps=2, total_steps=100)
+    restored = torch.optim.lr_scheduler.LambdaLR(
+        torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0), restored_schedule)
+    restored.load_state_dict(state)
+    assert (restored_schedule.total_steps, restored_schedule.planned_steps) == (40, 100)
+    assert restored_schedule(40) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_masked_mean_ignores_padded_steps():
@@ -66,6 +116,8 @@ def test_masked_mean_ignores_padded_steps():
 
 
 def test_train_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="time_budget_s=0"):
+        TrainConfig(time_budget_s=0)
     with pytest.raises(ValueError, match="steps=0"):
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="ema_decay"):
@@ -142,7 +194,7 @@ class _SavableLinear(torch.nn.Linear):
 
 def _optimizer_after_one_step(model):
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(2, 10))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, CosineWithWarmup(2, 10))
     model(torch.ones(1, 3)).sum().backward()
     optimizer.step()
     scheduler.step()
