@@ -198,7 +198,7 @@ def encode_video(frames: np.ndarray, path: Path, *, fps: int, vcodec: str = DEFA
         options.update(preset="12", **{"svtav1-params": "lp=1"})
     else:
         options.update(preset="veryfast", threads="1")
-    with av.open(str(path), "w") as container:
+    with _scheduling_kept(), av.open(str(path), "w") as container:
         stream = container.add_stream(vcodec, fps, options=options)
         stream.pix_fmt = "yuv420p"
         stream.height, stream.width = frames.shape[1:3]
@@ -211,6 +211,26 @@ def encode_video(frames: np.ndarray, path: Path, *, fps: int, vcodec: str = DEFA
                 container.mux(packet)
         for packet in stream.encode():  # flush delayed frames
             container.mux(packet)
+
+
+@contextmanager
+def _scheduling_kept():
+    """Gives the calling thread its scheduling policy back after a video encoder ran.
+
+    SVT-AV1, run as root, switches the thread that starts an encoder to SCHED_FIFO at priority
+    99 (its "real-time" mode) and leaves it there. A collection worker would then simulate, and
+    a process that collects and trains would train, at real-time priority, starving everything
+    else on the machine (the test session's ROS and export tests stalled behind it).
+    """
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)  # lowering needs no privilege
 
 
 def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:

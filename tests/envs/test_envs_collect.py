@@ -173,6 +173,18 @@ def test_dataset_round_trip_states_actions_images_stats(tmp_path):
         np.testing.assert_allclose(image["mean"].ravel(), frames.mean((0, 1, 2)), atol=0.02)
 
 
+@pytest.mark.parametrize("vcodec", ["libsvtav1", "h264"])
+def test_encoding_a_video_leaves_the_thread_scheduling_alone(tmp_path, vcodec):
+    """SVT-AV1 run as root switches its calling thread to SCHED_FIFO 99 and leaves it there;
+    the writer must hand the thread back as it was (as non-root there is nothing to undo)."""
+    from envs.lerobot_writer import encode_video
+
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    encode_video(smooth_frames(4, seed=0), tmp_path / "clip.mp4", fps=20, vcodec=vcodec)
+    assert (tmp_path / "clip.mp4").stat().st_size > 0
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+
+
 def test_staging_is_atomic_and_ignores_half_written_episodes(tmp_path):
     staging = EpisodeStaging(tmp_path)
     staging.create_dirs()
