@@ -21,11 +21,11 @@ from pathlib import Path
 @dataclass(frozen=True)
 class DemoPlan:
     """Measured on the 2-core CPU (docs/training.md, "vla demo"), with the expert of 411e2c7:
-    20.2 min (collect 50 DART demonstrations 4.4 min, train 1000 steps at batch 32 12.8 min,
-    20 ensembled policy episodes 3.0 min) and 90 % success on held-out starts (18/20; 27/30 more
-    on init states 35-49). On the same data, 1150 steps scored 17/20 and 25/30, and took 30.8
-    min on a slow hour: the host's speed varies by up to 1.6x from hour to hour, so the plan
-    keeps about a third of the 30-min budget in reserve."""
+    19.3 min on a clean clone (collect 50 DART demonstrations 4.2 min, train 1000 steps at batch
+    32 12.2 min, 20 ensembled policy episodes 2.9 min) and 90 % success on held-out starts
+    (18/20; 27/30 more on init states 35-49). On the same data 1150 steps scored 17/20 and 25/30
+    and took 30.8 min on a slow hour; 650 steps scored 12/20 and 18/30. The host's speed varies
+    by up to 1.6x from hour to hour, hence the plan's margin and its time budget."""
 
     suite: str = "libero_object"
     task_ids: tuple[int, ...] = (0, 1)
