@@ -19,8 +19,6 @@ def test_training_budget_keeps_an_evaluation_reserve_scaled_from_collection_spee
 
 
 @pytest.mark.sim
-
-
 def test_demo_pipeline_runs_every_stage_with_ensembled_eval_and_resumes(tmp_path):
     plan = DemoPlan(task_ids=(0,), episodes_per_task=1, image_size=32, preset="tiny",
                     train_steps=2, batch_size=2, eval_episodes_per_task=1, workers=0)
