@@ -118,6 +118,9 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=2, help="episode worker processes (0: inline)")
     parser.add_argument("--out", default=None, help="output directory (default: <policy>/eval_<suite>)")
     parser.add_argument("--video", action="store_true", help="write an mp4 per episode")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted evaluation in --out: episodes it finished "
+                             "(OUT/episodes.jsonl) are kept, only the rest run")
     parser.add_argument("--max-steps", type=int, default=None, help="default: the suite's standard")
     parser.add_argument("--settle-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=7)
@@ -195,31 +198,49 @@ def run_eval(args: argparse.Namespace) -> int:
             first_init_state=args.first_init_state,
         )
         check_init_states_exist(protocol)
+        out = Path(args.out) if args.out else (
+            Path(args.policy) / f"eval_{args.suite}" if args.policy not in ("expert", "random")
+            else Path("outputs") / f"eval_{args.policy}_{args.suite}")
+        journal = open_journal(out, protocol, spec, resume=args.resume)
     except ValueError as error:
         print(f"vla eval: error: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else (
-        Path(args.policy) / f"eval_{args.suite}" if args.policy not in ("expert", "random")
-        else Path("outputs") / f"eval_{args.policy}_{args.suite}")
+    if journal.previous:
+        print(f"vla eval: resuming {journal.path}: {len(journal.previous)} episodes already done")
     summary = evaluate_and_report(spec, protocol, out, workers=args.workers, video=args.video,
-                                  command=_command_line())
+                                  command=_command_line(), journal=journal)
     print(Path(out, "results.md").read_text())
     print(f"results: {out / 'results.json'}  plot: {out / 'success.png'}")
     return 0 if summary else 1
 
 
+def open_journal(out: Path, protocol, spec, *, resume: bool):
+    """The episode journal of an evaluation into ``out``: continued with ``resume``, else new.
+    Raises ValueError when a journal to resume is missing or records another evaluation."""
+    from training.eval_journal import EvalJournal
+
+    opener = EvalJournal.resume if resume else EvalJournal.start
+    return opener(out, protocol.to_dict(), spec.describe())
+
+
 def evaluate_and_report(spec, protocol, out: Path, *, workers: int, video: bool,
-                        command: str | None, progress: bool = True) -> dict:
+                        command: str | None, progress: bool = True, journal=None) -> dict:
+    """Runs the evaluation (recording each episode in ``out``'s journal as it finishes; a new
+    journal when none is given) and writes results.json, results.md and success.png."""
     from envs.suites import task_info
     from training.eval_report import summarize, write_report
     from training.evaluate import run_evaluation
 
+    journal = journal if journal is not None else open_journal(out, protocol, spec, resume=False)
     started = time.monotonic()
-    results = run_evaluation(spec, protocol, workers=workers,
-                             video_dir=(out / "videos") if video else None, progress=progress)
+    results = run_evaluation(
+        spec, protocol, workers=workers, video_dir=(out / "videos") if video else None,
+        progress=progress, done=journal.previous,
+        on_result=lambda result: journal.append(result, time.monotonic() - started))
     instructions = {t: task_info(protocol.suite, t).instruction for t in protocol.task_ids}
     summary = summarize(results, protocol, spec.describe(), instructions,
-                        time.monotonic() - started, command)
+                        journal.previous_wall_s + time.monotonic() - started, command)
+    summary["sittings"] = journal.sitting + 1  # 1 unless resumed; wall_time_s sums them all
     write_report(summary, out)
     return summary
 

@@ -129,7 +129,7 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
     trained_steps = json.loads((run_dir / "train_summary.json").read_text())["steps"]
 
     _stage(f"3/3 evaluate: {plan.eval_episodes_per_task} episodes per task, standard protocol")
-    from training.cli import evaluate_and_report
+    from training.cli import evaluate_and_report, open_journal
     from training.eval_protocol import EvalProtocol
     from training.policy_specs import CheckpointPolicySpec
 
@@ -143,8 +143,12 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
     checkpoint = (run_dir / "checkpoints" / "last").resolve()
     policy = CheckpointPolicySpec(str(checkpoint), temporal_ensemble_coeff=plan.temporal_ensemble,
                                   n_action_steps=1 if ensembled else None)
-    summary = evaluate_and_report(policy, protocol, eval_dir,
-                                  workers=plan.workers, video=False, command=command)
+    try:  # a re-run keeps the episodes an interrupted evaluation of this checkpoint finished
+        journal = open_journal(eval_dir, protocol, policy, resume=True)
+    except ValueError:  # no journal yet, or one for another checkpoint: start afresh
+        journal = open_journal(eval_dir, protocol, policy, resume=False)
+    summary = evaluate_and_report(policy, protocol, eval_dir, workers=plan.workers, video=False,
+                                  command=command, journal=journal)
     timings["eval_s"] = time.monotonic() - started
 
     print((eval_dir / "results.md").read_text())

@@ -22,7 +22,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -254,26 +254,41 @@ def check_init_states_exist(protocol: EvalProtocol) -> None:
 
 
 def run_evaluation(policy_spec: Any, protocol: EvalProtocol, *, workers: int = 2,
-                   video_dir: str | Path | None = None, progress: bool = True) -> list[EpisodeResult]:
-    """All episodes of ``protocol``; ``workers=0`` runs them in this process (debugging, tests)."""
+                   video_dir: str | Path | None = None, progress: bool = True,
+                   done: Sequence[EpisodeResult] = (),
+                   on_result: Callable[[EpisodeResult], None] | None = None) -> list[EpisodeResult]:
+    """All episodes of ``protocol``; ``workers=0`` runs them in this process (debugging, tests).
+
+    ``done``: episodes already finished by an earlier, interrupted run (see eval_journal); they
+    are not run again but are part of the returned list. ``on_result`` is called with each newly
+    finished episode, in the order they finish (the journal writes it to disk there).
+    """
     check_init_states_exist(protocol)
-    jobs = [EpisodeJob(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)]
+    finished = {(r.task_id, r.episode) for r in done}
+    jobs = [EpisodeJob(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)
+            if (t, k) not in finished]
     video_dir = str(video_dir) if video_dir is not None else None
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(jobs), desc="eval episodes", unit="ep", disable=not progress)
-    results: list[EpisodeResult] = []
+    wanted = {(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)}
+    results: list[EpisodeResult] = [r for r in done if (r.task_id, r.episode) in wanted]
+    bar = tqdm(total=len(jobs) + len(results), initial=len(results), desc="eval episodes",
+               unit="ep", disable=not progress)
 
     def record(result: EpisodeResult) -> None:
+        if on_result is not None:
+            on_result(result)
         results.append(result)
-        done = sum(r.success for r in results)
-        bar.set_postfix(success=f"{done}/{len(results)}")
+        successes = sum(r.success for r in results)
+        bar.set_postfix(success=f"{successes}/{len(results)}")
         bar.update(1)
 
     try:
-        if workers == 0:
+        if not jobs:
+            pass  # everything was finished by the run being resumed
+        elif workers == 0:
             _worker_init(policy_spec, protocol, video_dir)
             try:
                 for job in jobs:

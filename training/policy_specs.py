@@ -55,9 +55,22 @@ class CheckpointPolicySpec:
             "kind": "checkpoint",
             "checkpoint": str(Path(self.path).resolve()),
             "config_hash": config_hash,
+            # Which weights exactly: a run retrained into the same folder reuses its step names.
+            "weights_sha256": _file_sha256(Path(self.path) / "model.safetensors"),
             "num_steps": self.num_steps,
             "temporal_ensemble_coeff": self.temporal_ensemble_coeff,
         }
+
+
+def _file_sha256(path: Path) -> str | None:
+    """The first 16 hex digits of the file's SHA-256 (None if it does not exist)."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 class ExpertPolicy:

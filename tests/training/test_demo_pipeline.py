@@ -40,11 +40,14 @@ def test_demo_pipeline_runs_every_stage_with_ensembled_eval_and_resumes(tmp_path
     assert 0.0 <= summary["average_success_rate"] <= 1.0
     assert summary["trained_steps"] == 2 and summary["training_budget_s"] >= 120.0
 
-    # Re-running resumes: nothing is collected or trained again.
+    # Re-running resumes: nothing is collected, trained or evaluated again.
     checkpoint_mtime = last.stat().st_mtime_ns
-    (out / "eval" / "results.json").unlink()  # only the evaluation is redone
+    journal = (out / "eval" / "episodes.jsonl").read_text()
+    (out / "eval" / "results.json").unlink()  # the report is rebuilt from the episode journal
     assert run_demo_pipeline(out, command="test", plan=plan) == 0
     rerun = json.loads((out / "demo_summary.json").read_text())
     assert rerun["timings"]["train_s"] < 5.0
     assert (out / "run" / "checkpoints" / "last").resolve().stat().st_mtime_ns == checkpoint_mtime
-    assert json.loads((out / "eval" / "results.json").read_text())["episodes"][0]["init_state"] == 0
+    assert (out / "eval" / "episodes.jsonl").read_text() == journal  # no episode ran again
+    rebuilt = json.loads((out / "eval" / "results.json").read_text())
+    assert rebuilt["episodes"] == results["episodes"] and rebuilt["sittings"] == 2
