@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sim": ("benchmarks.sim_speed", "LIBERO steps/s: physics only, standard and fast render."),
     "train": ("benchmarks.train_speed", "Training samples/s with 1 and 2 processes."),
     "eval": ("benchmarks.eval_speed", "Evaluation env-steps/s with 1, 2 and 4 workers."),
+    "dataset-write": ("benchmarks.dataset_write", "LeRobot dataset write time vs size, per video file cap."),
     "serve": ("benchmarks.serve_speed", "Policy server requests/s and latency percentiles."),
 }
 

@@ -50,6 +50,11 @@ DEFAULT_CAMERAS = ("agentview", "wrist")
 # CRF 30, a keyframe every 2 frames (cheap random access when training samples single frames),
 # preset 12 (its fastest). Decoded here by torchcodec through the system FFmpeg's dav1d.
 DEFAULT_VCODEC = "libsvtav1"
+# LeRobot appends each episode's video to its camera's current file by remuxing the whole file,
+# so adding an episode costs time in proportion to that file's size, and a dataset written into
+# LeRobot's default 200 MB files takes quadratic time (`vla bench dataset-write` measures it).
+# Smaller files bound the cost per episode; the format and readers are unchanged.
+DEFAULT_VIDEO_FILE_MB = 20
 _VCODECS = ("libsvtav1", "h264")
 COLLECTION_META_FILE = "collection.json"  # our extra file in <dataset>/meta/
 _STAT_NAMES = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
@@ -446,14 +451,20 @@ def build_lerobot_dataset(
     extra_meta: dict[str, Any] | None = None,
     robot_type: str = "panda",
     on_episode: Any = None,
+    video_file_mb: int = DEFAULT_VIDEO_FILE_MB,
 ) -> Path:
     """Writes staged episodes, in the given order, as a new LeRobot v3 dataset at ``root``.
 
     ``root`` must not exist. ``extra_meta`` goes to ``<root>/meta/collection.json``.
-    ``on_episode()`` is called after each episode (progress bars).
+    ``on_episode()`` is called after each episode (progress bars). A camera's video file is
+    closed and the next one started once it would grow past ``video_file_mb`` (see
+    DEFAULT_VIDEO_FILE_MB for why the default is below LeRobot's).
     """
+    if isinstance(video_file_mb, bool) or not isinstance(video_file_mb, int) or video_file_mb <= 0:
+        raise ValueError(f"video_file_mb={video_file_mb!r}: expected a positive int (megabytes)")
     with _quiet_writer_logs():
-        return _build(episodes, Path(root), spec, repo_id, extra_meta, robot_type, on_episode)
+        return _build(episodes, Path(root), spec, repo_id, extra_meta, robot_type, on_episode,
+                      video_file_mb)
 
 
 @contextmanager
@@ -477,7 +488,19 @@ def _quiet_writer_logs():
             datasets.enable_progress_bars()
 
 
-def _build(episodes, root: Path, spec: DatasetSpec, repo_id: str, extra_meta, robot_type, on_episode) -> Path:
+def _readable_by_umask(folder: Path) -> None:
+    """Gives files the mode the umask grants new files. LeRobot's concatenated videos come from
+    ``tempfile`` and keep its private 0600, so other users (a lab's training account, a
+    container running as another uid) could not read a dataset's videos."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def _build(episodes, root: Path, spec: DatasetSpec, repo_id: str, extra_meta, robot_type, on_episode,
+           video_file_mb: int) -> Path:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     dataset = LeRobotDataset.create(
@@ -490,6 +513,9 @@ def _build(episodes, root: Path, spec: DatasetSpec, repo_id: str, extra_meta, ro
         streaming_encoding=True,  # selects LeRobot's path that takes finished MP4s
         vcodec=spec.vcodec,
     )
+    # LeRobotDataset.create does not take the file size (its metadata's create does); the writer
+    # reads it from info on every episode and info.json is rewritten with it.
+    dataset.meta.info["video_files_size_in_mb"] = video_file_mb
     videos = _PreEncodedVideos()
     dataset._streaming_encoder.close()
     dataset._streaming_encoder = videos  # the hook described in _PreEncodedVideos
@@ -518,6 +544,7 @@ def _build(episodes, root: Path, spec: DatasetSpec, repo_id: str, extra_meta, ro
         dataset.finalize()
     if count == 0:
         raise ValueError("build_lerobot_dataset: no episodes to write")
+    _readable_by_umask(root / "videos")
     if extra_meta is not None:
         write_json_atomic(root / "meta" / COLLECTION_META_FILE, extra_meta)
     return root

@@ -20,6 +20,7 @@ from envs.collect import (
     parse_task_ids,
 )
 from envs.lerobot_writer import (
+    DEFAULT_VIDEO_FILE_MB,
     DatasetSpec,
     EpisodeStaging,
     RecordedEpisode,
@@ -129,6 +130,7 @@ def test_dataset_round_trip_states_actions_images_stats(tmp_path):
     assert dataset.features["observation.state"]["shape"] == (8,)
     assert dataset.features["action"]["shape"] == (7,)
     assert dataset.meta.info["codebase_version"] == "v3.0"
+    assert dataset.meta.info["video_files_size_in_mb"] == DEFAULT_VIDEO_FILE_MB
     assert json.loads((root / "meta" / "collection.json").read_text()) == {"renderer": "fast"}
 
     # States and actions come back bit-exact, in episode order.
@@ -171,6 +173,46 @@ def test_dataset_round_trip_states_actions_images_stats(tmp_path):
         assert image["mean"].shape == (3, 1, 1)
         assert np.all((image["min"] >= 0) & (image["max"] <= 1) & (image["std"] > 0))
         np.testing.assert_allclose(image["mean"].ravel(), frames.mean((0, 1, 2)), atol=0.02)
+
+
+def test_videos_past_the_file_cap_start_new_files_and_still_decode_per_episode(tmp_path):
+    """With a 1 MB cap, ~0.6 MB episodes land one per video file; each frame still decodes from
+    its own episode (LeRobot finds the file and offset in the episode metadata)."""
+    size, length = 128, 60
+    rng = np.random.default_rng(0)
+    staging = EpisodeStaging(tmp_path / "staging")
+    staging.create_dirs()
+    episodes = []
+    for init_state in range(3):  # uniform noise: about 10 kB per frame, whatever the encoder
+        images = {cam: rng.integers(0, 256, (length, size, size, 3), dtype=np.uint8) for cam in CAMERAS}
+        episodes.append(RecordedEpisode(
+            task_id=0, init_state=init_state, instruction="pick up object 0", images=images,
+            state=rng.standard_normal((length, 8)).astype(np.float32),
+            action=rng.uniform(-1, 1, (length, 7)).astype(np.float32)))
+        staging.stage_episode(episodes[-1], fps=20)
+    staged = [staging.load(0, k) for k in range(3)]
+    assert all(0.5e6 < e.video_path("agentview").stat().st_size < 1e6 for e in staged)
+    with pytest.raises(ValueError, match="video_file_mb=0"):
+        build_lerobot_dataset(staged, tmp_path / "bad", DatasetSpec(size), repo_id="local/t",
+                              video_file_mb=0)
+    root = build_lerobot_dataset(staged, tmp_path / "ds", DatasetSpec(size), repo_id="local/t",
+                                 video_file_mb=1)
+
+    for cam in CAMERAS:
+        files = sorted(p.name for p in (root / "videos" / f"observation.images.{cam}").rglob("*.mp4"))
+        assert files == ["file-000.mp4", "file-001.mp4", "file-002.mp4"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in (root / "videos").rglob("*.mp4")} == {0o666 & ~umask}
+    dataset = load(root)
+    assert dataset.meta.info["video_files_size_in_mb"] == 1
+    for e, episode in enumerate(episodes):
+        item = dataset[e * length + length // 2]
+        pixels = item["observation.images.agentview"].permute(1, 2, 0).numpy() * 255.0
+        errors = [np.abs(pixels - source.images["agentview"][length // 2]).mean()
+                  for source in episodes]  # noise survives the codec only roughly: compare
+        others = [error for k, error in enumerate(errors) if k != e]
+        assert errors[e] < 0.8 * min(others), (e, errors)
 
 
 @pytest.mark.parametrize("vcodec", ["libsvtav1", "h264"])
