@@ -238,7 +238,7 @@ def evaluate_and_report(spec, protocol, out: Path, *, workers: int, video: bool,
         progress=progress, done=journal.previous,
         on_result=lambda result: journal.append(result, time.monotonic() - started))
     instructions = {t: task_info(protocol.suite, t).instruction for t in protocol.task_ids}
-    summary = summarize(results, protocol, spec.describe(), instructions,
+    summary = summarize(results, protocol, journal.policy, instructions,
                         journal.previous_wall_s + time.monotonic() - started, command)
     summary["sittings"] = journal.sitting + 1  # 1 unless resumed; wall_time_s sums them all
     write_report(summary, out)

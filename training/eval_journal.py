@@ -22,8 +22,8 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
 
+from training.eval_report import json_default
 from training.evaluate import EpisodeResult
 
 JOURNAL_NAME = "episodes.jsonl"
@@ -32,9 +32,10 @@ JOURNAL_NAME = "episodes.jsonl"
 class EvalJournal:
     """Open with :meth:`start` (fresh) or :meth:`resume` (continue); then :meth:`append`."""
 
-    def __init__(self, path: Path, previous: list[EpisodeResult], previous_wall_s: float,
-                 sitting: int):
+    def __init__(self, path: Path, policy: dict, previous: list[EpisodeResult],
+                 previous_wall_s: float, sitting: int):
         self.path = path
+        self.policy = policy  # the policy's description, as recorded in the header
         self.previous = previous  # episodes finished by earlier sittings, in file order
         self.previous_wall_s = previous_wall_s  # their wall time, summed over sittings
         self.sitting = sitting  # 0 for a fresh run, +1 per resume
@@ -50,7 +51,7 @@ class EvalJournal:
             handle.flush()
             os.fsync(handle.fileno())
         tmp.replace(path)
-        return cls(path, previous=[], previous_wall_s=0.0, sitting=0)
+        return cls(path, policy, previous=[], previous_wall_s=0.0, sitting=0)
 
     @classmethod
     def resume(cls, out_dir: Path, protocol: dict, policy: dict) -> "EvalJournal":
@@ -82,7 +83,7 @@ class EvalJournal:
             wall_by_sitting[sitting] = max(wall_by_sitting.get(sitting, 0.0), record["elapsed_s"])
         previous = _unique_results(episodes)
         sitting = max(wall_by_sitting, default=-1) + 1
-        return cls(path, previous, sum(wall_by_sitting.values()), sitting)
+        return cls(path, policy, previous, sum(wall_by_sitting.values()), sitting)
 
     def append(self, result: EpisodeResult, elapsed_s: float) -> None:
         """Records one finished episode durably (flushed and fsynced before returning)."""
@@ -95,13 +96,7 @@ class EvalJournal:
 
 
 def _line(record: dict) -> str:
-    return json.dumps(record, sort_keys=True, default=_json_default) + "\n"
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot serialize {type(value).__name__}")
+    return json.dumps(record, sort_keys=True, default=json_default) + "\n"
 
 
 def _read_complete_lines(path: Path) -> tuple[list[dict], int]:
@@ -122,7 +117,7 @@ def _read_complete_lines(path: Path) -> tuple[list[dict], int]:
 
 def _differences(what: str, recorded: dict, current: dict) -> list[str]:
     # Round-trip through JSON so tuples and lists compare equal, as they are stored.
-    current = json.loads(json.dumps(current, default=_json_default))
+    current = json.loads(json.dumps(current, default=json_default))
     keys = sorted(set(recorded) | set(current))
     return [
         f"{what}.{key} was {recorded.get(key)!r}, now {current.get(key)!r}"

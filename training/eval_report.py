@@ -109,13 +109,14 @@ def write_report(summary: dict, out_dir: Path) -> dict[str, Path]:
         "markdown": out_dir / "results.md",
         "plot": out_dir / "success.png",
     }
-    _atomic_write(paths["json"], json.dumps(summary, indent=2, default=_json_default))
+    _atomic_write(paths["json"], json.dumps(summary, indent=2, default=json_default))
     _atomic_write(paths["markdown"], markdown_table(summary))
     plot_success(summary, paths["plot"])
     return paths
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps`` default for numpy scalars and arrays in episode records."""
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot serialize {type(value).__name__}")

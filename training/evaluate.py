@@ -264,16 +264,16 @@ def run_evaluation(policy_spec: Any, protocol: EvalProtocol, *, workers: int = 2
     finished episode, in the order they finish (the journal writes it to disk there).
     """
     check_init_states_exist(protocol)
-    finished = {(r.task_id, r.episode) for r in done}
-    jobs = [EpisodeJob(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)
-            if (t, k) not in finished]
+    finished = {(r.task_id, r.episode): r for r in done}
+    all_jobs = [EpisodeJob(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)]
+    results: list[EpisodeResult] = [finished[(j.task_id, j.episode)] for j in all_jobs
+                                    if (j.task_id, j.episode) in finished]
+    jobs = [j for j in all_jobs if (j.task_id, j.episode) not in finished]
     video_dir = str(video_dir) if video_dir is not None else None
     if video_dir is not None:
         Path(video_dir).mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    wanted = {(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)}
-    results: list[EpisodeResult] = [r for r in done if (r.task_id, r.episode) in wanted]
     bar = tqdm(total=len(jobs) + len(results), initial=len(results), desc="eval episodes",
                unit="ep", disable=not progress)
 
