@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from vla.checkpoint import save_tensors
 
 STEP_DIGITS = 8
 PROVENANCE_FILE = "provenance.json"  # dataset + collection settings (renderer, image size)
@@ -129,10 +131,10 @@ def save_checkpoint(checkpoints_dir: Path, *, step: int, ema_model: Any, model: 
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     state_dir = tmp / "training_state"
     state_dir.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(state_dir / "model.safetensors"))
+    save_tensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                 state_dir / "model.safetensors")
     optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(optimizer_tensors, str(state_dir / "optimizer.safetensors"))
+    save_tensors(optimizer_tensors, state_dir / "optimizer.safetensors")
     state = {
         "step": step,
         "metric": metric,

@@ -37,9 +37,23 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing, incomplete or does not match its config."""
 
 
-def save_model(model, directory: str | Path) -> None:
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                 metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` that leaves the file with the mode the umask grants.
+
+    safetensors 0.8 writes through a private temporary file and keeps its 0600, so weights
+    saved by a training account could not be read by the account (or container uid) that
+    deploys them.
+    """
     from safetensors.torch import save_file
 
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    Path(path).chmod(0o666 & ~umask)
+
+
+def save_model(model, directory: str | Path) -> None:
     from vla.config import PretrainedLanguageConfig, PretrainedVisionConfig
 
     target = Path(directory)
@@ -55,7 +69,7 @@ def save_model(model, directory: str | Path) -> None:
         (tmp / STATS_FILE).write_text(json.dumps(model.normalizer.stats_dict(), indent=2) + "\n")
         # Clone: safetensors refuses tensors that share storage (e.g. tied embeddings).
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_tensors(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         if isinstance(model.config.language, PretrainedLanguageConfig):
             model.language.model.config.save_pretrained(tmp / LANGUAGE_DIR)
             model.language.tokenizer.hf.save_pretrained(tmp / LANGUAGE_DIR)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -224,6 +225,21 @@ def test_checkpoint_round_trip_keeps_last_k_and_best(tmp_path):
     original = optimizer.state_dict()["state"][0]["exp_avg"]
     assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"], original)
     assert fresh_scheduler.state_dict()["last_epoch"] == scheduler.state_dict()["last_epoch"]
+
+
+def test_training_state_files_are_readable_under_the_umask(tmp_path):
+    model = _SavableLinear(3, 2)
+    optimizer, scheduler = _optimizer_after_one_step(model)
+    previous = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path, step=1, ema_model=model, model=model, optimizer=optimizer,
+                        scheduler=scheduler, ema_state={"decay": 0.9, "num_updates": 1},
+                        metric=1.0, extra={}, keep_last=2)
+    finally:
+        os.umask(previous)
+    state_dir = tmp_path / "00000001" / "training_state"
+    for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
+        assert stat.S_IMODE((state_dir / name).stat().st_mode) == 0o644, name
 
 
 def test_half_written_checkpoint_is_never_resumed(tmp_path):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -223,6 +225,18 @@ def test_missing_stats_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="no normalization stats"):
         model.save_pretrained(tmp_path / "ckpt")
     assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_weights_get_the_mode_the_umask_grants(model, tmp_path, umask):
+    # safetensors alone leaves 0600, unreadable by the account that deploys the checkpoint.
+    previous = os.umask(umask)
+    try:
+        model.save_pretrained(tmp_path / "ckpt")
+    finally:
+        os.umask(previous)
+    for name in ("model.safetensors", "config.json", "stats.json"):
+        assert stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_bad_checkpoints_say_what_is_wrong(model, tmp_path):
