@@ -5,7 +5,11 @@ Two tables, measured in the same run (ratios are what to compare; absolute times
 (a) routing: off (all 2 x 64 patch tokens through every layer) vs stage 1 only (16 aggregate
     tokens per camera) vs stages 1+2 at several stage-2 budgets, with the preset's head;
 (b) head: diffusion and flow at 1/5/10/50/100 denoising steps, regression (one pass) as reference,
-    all with the preset's routing.
+    all with the preset's routing;
+(c) language path (presets with a from-scratch backbone): the instruction as hashed word ids vs
+    read by the frozen sentence encoder, as one control step of a ``VLAPolicy`` (raw
+    observation in, actions out: validation, tokenizer, cached encoder features, model), and
+    the first step of an episode with a new instruction (the encoder runs once, then is cached).
 
 Each configuration is the same architecture with routing switched by config (a like-for-like
 comparison); weights are random, which does not change the cost. Latency is the median over
@@ -42,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="stage-2 budgets for table (a), comma-separated")
     parser.add_argument("--steps", default="1,5,10,50,100", help="denoising steps for table (b)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--skip-heads", action="store_true", help="only table (a)")
+    parser.add_argument("--skip-heads", action="store_true", help="skip table (b)")
+    parser.add_argument("--skip-language", action="store_true", help="skip table (c)")
     parser.set_defaults(func=run)
 
 
@@ -219,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
             for num_steps in head_steps:
                 record(model, base.routing.name, default_budget, num_steps)
 
+    language_records = [] if args.skip_language else _language_table(base, build, args)
+
     off = next(r for r in records if r["routing"] == "off")
     routed = [r for r in records if r["table"] == "routing" and r["routing"] == "stage1+2"]
     summary = {}
@@ -238,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
         if default is not None:
             summary["routing_speedup_default_budget"] = round(
                 off["latency_ms_median"] / default["latency_ms_median"], 3)
+    summary.update(language_summary(language_records))
     result = {
         "benchmark": "model",
         "preset": args.preset,
@@ -248,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "warmup": args.warmup,
         **summary,
-        "records": records,
+        "records": records + language_records,
     }
     print()
     for key, value in summary.items():
@@ -258,6 +266,82 @@ def run(args: argparse.Namespace) -> int:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+LANGUAGE_INSTRUCTION = "pick up the alphabet soup and place it in the basket"
+
+
+def _language_variants(base):
+    """(name, config) of the language paths to compare: hashed words and the frozen encoder."""
+    import dataclasses
+
+    from vla import presets
+    from vla.config import FrozenTextEncoderConfig, ScratchLanguageConfig
+
+    if not isinstance(base.language, ScratchLanguageConfig):
+        return []
+    words = dataclasses.replace(base.language, text_encoder=None)
+    encoder = base.language.text_encoder or FrozenTextEncoderConfig(path=presets.MINILM)
+    return [("words", dataclasses.replace(base, language=words)),
+            (f"encoder_{encoder.output}", dataclasses.replace(
+                base, language=dataclasses.replace(base.language, text_encoder=encoder)))]
+
+
+def _language_table(base, build, args) -> list[dict]:
+    """Table (c): one VLAPolicy control step per language path, timed round-robin."""
+    import numpy as np
+    import torch
+
+    from policies import VLAPolicy
+
+    variants = _language_variants(base)
+    if not variants:
+        print("(c) skipped: the preset's language backbone is not a from-scratch one")
+        return []
+    policies = [(name, VLAPolicy(build(config), device=args.device, seed=0)) for name, config in variants]
+    rng = np.random.default_rng(0)
+    s = base.image_size
+    obs = {f"observation.images.{c}": rng.integers(0, 256, (s, s, 3), dtype=np.uint8)
+           for c in base.camera_names}
+    obs["observation.state"] = rng.standard_normal(base.state_dim).astype(np.float32)
+    records = []
+    first = {}
+    for index, (name, policy) in enumerate(policies):
+        # A fresh instruction: the encoder's one-off cost at an episode's first step.
+        fresh = {**obs, "task": f"{LANGUAGE_INSTRUCTION} number {index}"}
+        start = time.perf_counter()
+        policy.infer(fresh)
+        first[name] = (time.perf_counter() - start) * 1e3
+    step = {name: [] for name, _ in policies}
+    with torch.no_grad():
+        for round_index in range(args.warmup + args.repeats):
+            for name, policy in policies:
+                start = time.perf_counter()
+                policy.infer({**obs, "task": LANGUAGE_INSTRUCTION})
+                if round_index >= args.warmup:
+                    step[name].append((time.perf_counter() - start) * 1e3)
+    for name, policy in policies:
+        tokens = policy.model.tokenizer([LANGUAGE_INSTRUCTION])["observation.language.tokens"]
+        text, _ = policy.model.language.embed_text(tokens, tokens > -1)
+        rec = {"table": "language", "language": name, "params": policy.model.num_parameters(),
+               "trainable_params": policy.model.num_parameters(trainable_only=True),
+               "text_tokens": int(text.shape[1]),
+               "step_ms_median": round(statistics.median(step[name]), 3),
+               "first_step_ms": round(first[name], 3)}
+        records.append(rec)
+        print(f"(c) language {name:>16}: control step {rec['step_ms_median']:.1f} ms (median), "
+              f"first step with a new instruction {rec['first_step_ms']:.1f} ms, "
+              f"{rec['text_tokens']} text tokens", flush=True)
+    return records
+
+
+def language_summary(records: list[dict]) -> dict:
+    """Ratios of table (c): each encoder path's control step over the hashed-words one."""
+    words = next((r for r in records if r["language"] == "words"), None)
+    if words is None:
+        return {}
+    return {f"language_step_ratio_{r['language']}_vs_words": round(r["step_ms_median"] / words["step_ms_median"], 3)
+            for r in records if r is not words}
 
 
 def _device_name(device) -> str:

@@ -231,6 +231,22 @@ class LiberoEnv(gym.Env):
             self.libero_env = None
         super().close()
 
+    def goal_reached(self, atoms: list[list[str]]) -> bool | None:
+        """Whether a BDDL goal holds in this scene now; None when the scene lacks a name it uses.
+
+        ``atoms``: predicate atoms as :func:`envs.bddl.goal_atoms` returns them, e.g. another
+        task's goal (``[["in", "ketchup_1", "basket_1_contain_region"]]``). LIBERO's own
+        predicates judge them on this scene's objects, exactly as it judges its own goal, so a
+        policy given another task's instruction can be checked for doing what it was told.
+        """
+        if self._steps is None:
+            raise RuntimeError("goal_reached() called before reset(): call env.reset() first")
+        problem = self.libero_env.env
+        names = problem.object_states_dict
+        if any(arg not in names for atom in atoms for arg in atom[1:]):
+            return None
+        return all(bool(problem._eval_predicate(list(atom))) for atom in atoms)
+
     # -- helpers --------------------------------------------------------------------------
 
     def _check_action(self, action: Any) -> np.ndarray:

@@ -101,9 +101,11 @@ class ActionChunkingPolicy:
         """One environment step: {"actions": float32 (1, A)}."""
         # Validate every call, not only on model calls: a broken sensor mid-chunk is reported
         # when it happens rather than at the next replanning step.
-        metadata = getattr(self.inner, "metadata", None)
-        if metadata is not None:
-            validate_observation(obs, metadata.observation_spec())
+        spec = getattr(self.inner, "observation_spec", None)  # the inner policy's own check ...
+        if spec is None and getattr(self.inner, "metadata", None) is not None:
+            spec = self.inner.metadata.observation_spec  # ... or the one its metadata implies
+        if spec is not None:
+            validate_observation(obs, spec())
         if self.temporal_ensemble_coeff is None:
             action = self._next_queued(obs)
         else:

@@ -9,13 +9,14 @@ Raw observation (robot units, one time step, no batch dimension):
 
     "observation.images.<cam>"  np.ndarray uint8 (H, W, 3)   any H, W >= 1 (resized later)
     "observation.state"         np.ndarray real  (state_dim,) finite
-    "task"                      str, not blank
+    "task"                      str, not blank (unless the spec allows it), and no longer than
+                                the model's tokenizer reads (checked by the policy, which has it)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,11 @@ class ObservationSpec:
     camera_names: tuple[str, ...]
     state_dim: int
     image_size: tuple[int, int] | None = None
+    allow_blank_task: bool = False
+    # The model's tokenizer, where the policy has one: an instruction longer than it reads
+    # (max_task_tokens, special tokens included) is refused instead of silently cut.
+    count_task_tokens: Callable[[str], int] | None = None
+    max_task_tokens: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "camera_names", tuple(self.camera_names))
@@ -106,11 +112,21 @@ def validate_state(key: str, state: Any, state_dim: int) -> None:
         )
 
 
-def validate_task(key: str, task: Any) -> None:
+def validate_task(key: str, task: Any, allow_blank: bool = False) -> None:
+    """Refuse a non-str instruction, and a blank one unless ``allow_blank`` (the evaluation's
+    "blank" language condition asks for it explicitly)."""
     if not isinstance(task, str):
         raise ObservationError(key, f"got {_describe(task)}; expected a non-empty instruction str")
-    if not task.strip():
+    if not task.strip() and not allow_blank:
         raise ObservationError(key, f"got {task!r}; expected a non-empty instruction str")
+
+
+def validate_task_length(key: str, num_tokens: int, max_tokens: int) -> None:
+    """Refuse an instruction the model's tokenizer would have to cut (it would act on part of it)."""
+    if num_tokens > max_tokens:
+        raise ObservationError(
+            key, f"the instruction is {num_tokens} tokens long; this model reads at most "
+                 f"{max_tokens} (special tokens included); expected a shorter instruction")
 
 
 def validate_observation(obs: Any, spec: ObservationSpec) -> None:
@@ -137,4 +153,6 @@ def validate_observation(obs: Any, spec: ObservationSpec) -> None:
     validate_state(OBS_STATE, obs[OBS_STATE], spec.state_dim)
     if TASK not in obs:
         raise ObservationError(TASK, "missing; expected a non-empty instruction str")
-    validate_task(TASK, obs[TASK])
+    validate_task(TASK, obs[TASK], spec.allow_blank_task)
+    if spec.count_task_tokens is not None and spec.max_task_tokens is not None:
+        validate_task_length(TASK, spec.count_task_tokens(obs[TASK]), spec.max_task_tokens)

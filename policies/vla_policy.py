@@ -17,6 +17,7 @@ Noise: every call draws the initial noise (1, H, A) from the policy's own `torch
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ class VLAPolicy:
     model: a `vla.VLAModel` (put in eval mode and moved to `device` here).
     num_steps: denoising steps for diffusion/flow heads; None = the head's configured default.
     seed: see the module docstring.
+    allow_blank_instruction: accept an empty "task" (the evaluation's "blank" condition); by
+    default an empty, non-str or too-long instruction is refused with an ObservationError.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class VLAPolicy:
         device: str | torch.device = "cpu",
         num_steps: int | None = None,
         seed: int | None = None,
+        allow_blank_instruction: bool = False,
     ) -> None:
         if num_steps is not None and (
             isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1
@@ -71,7 +75,9 @@ class VLAPolicy:
         self.seed = seed
         config = model.config
         self.metadata = metadata_from_config(config)
-        self._spec = self.metadata.observation_spec()
+        self._spec = dataclasses.replace(
+            self.metadata.observation_spec(), allow_blank_task=bool(allow_blank_instruction),
+            count_task_tokens=model.tokenizer.count_tokens, max_task_tokens=model.tokenizer.max_length)
         self._inputs = compose(
             inference_input_transforms(
                 camera_names=config.camera_names,
@@ -93,12 +99,18 @@ class VLAPolicy:
         device: str | torch.device = "cpu",
         num_steps: int | None = None,
         seed: int | None = None,
+        allow_blank_instruction: bool = False,
     ) -> VLAPolicy:
         """Load a checkpoint directory written by `VLAModel.save_pretrained` / `VLAPolicy.save`."""
         from vla import VLAModel
 
         model = VLAModel.from_pretrained(directory, map_location=device)
-        return cls(model, device=device, num_steps=num_steps, seed=seed)
+        return cls(model, device=device, num_steps=num_steps, seed=seed,
+                   allow_blank_instruction=allow_blank_instruction)
+
+    def observation_spec(self):
+        """The raw-observation check this policy applies (blank instructions as configured)."""
+        return self._spec
 
     def save(self, directory: str | Path) -> None:
         """Write the model's checkpoint (config.json, model.safetensors, stats)."""

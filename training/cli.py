@@ -36,6 +36,9 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers")
     parser.add_argument("--no-augment", action="store_true", help="disable image augmentation")
+    parser.add_argument("--instruction-rewrites", type=float, default=None, metavar="P",
+                        help="chance that a sample's instruction is replaced by one of its "
+                             "rewrites (default 0.5; 0: the dataset's instructions only)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="model preset override, e.g. --set chunk_size=16 (repeatable)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
@@ -77,6 +80,8 @@ def train_config_from_args(args: argparse.Namespace, base=None):
         if not args.time_budget > 0:
             raise ValueError(f"--time-budget {args.time_budget}: expected a positive number of minutes")
         changes["time_budget_s"] = args.time_budget * 60.0
+    if getattr(args, "instruction_rewrites", None) is not None:
+        changes["instruction_rewrite_prob"] = args.instruction_rewrites
     if getattr(args, "no_augment", False):
         changes["augment"] = AugmentConfig(shift_pixels=0, brightness=0, contrast=0, saturation=0)
     import dataclasses
@@ -135,6 +140,14 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--temporal-ensemble", type=float, default=None, metavar="COEFF",
                         help="ACT-style temporal ensembling with this coefficient (re-plans every step)")
     parser.add_argument("--num-steps", type=int, default=None, help="denoising steps")
+    parser.add_argument("--instructions", default=None, metavar="FILE",
+                        help="JSON file mapping task id to rewritten instructions; each episode "
+                             "is given one (implies --instruction-mode rewrites)")
+    parser.add_argument("--instruction-mode", default=None,
+                        choices=("original", "rewrites", "swapped", "blank"),
+                        help="what each episode is told: the task's own instruction (default), "
+                             "a rewrite from --instructions, another task's instruction in this "
+                             "scene (swapped), or nothing (blank)")
     parser.set_defaults(func=run_eval)
 
 
@@ -178,6 +191,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         task_ids = parse_task_ids(args.tasks, args.suite)
+        mode, rewrites = instruction_condition(args, task_ids)
         if args.policy == "expert":
             spec, image_size, renderer = ExpertPolicySpec(), args.image_size or 128, args.renderer
         elif args.policy == "random":
@@ -187,7 +201,8 @@ def run_eval(args: argparse.Namespace) -> int:
             check_policy_matches_env(settings, args.suite)
             spec = CheckpointPolicySpec(args.policy, num_steps=args.num_steps,
                                         temporal_ensemble_coeff=args.temporal_ensemble,
-                                        n_action_steps=1 if args.temporal_ensemble else None)
+                                        n_action_steps=1 if args.temporal_ensemble else None,
+                                        allow_blank_instruction=mode == "blank")
             image_size = args.image_size or settings["image_size"]
             renderer = args.renderer or settings["renderer"]
         protocol = EvalProtocol(
@@ -195,7 +210,7 @@ def run_eval(args: argparse.Namespace) -> int:
             max_steps=args.max_steps, num_settle_steps=args.settle_steps, seed=args.seed,
             image_size=image_size, renderer=renderer or "fast",
             n_action_steps=1 if args.temporal_ensemble else args.n_action_steps,
-            first_init_state=args.first_init_state,
+            first_init_state=args.first_init_state, instruction_mode=mode, rewrites=rewrites,
         )
         check_init_states_exist(protocol)
         out = Path(args.out) if args.out else (
@@ -212,6 +227,21 @@ def run_eval(args: argparse.Namespace) -> int:
     print(Path(out, "results.md").read_text())
     print(f"results: {out / 'results.json'}  plot: {out / 'success.png'}")
     return 0 if summary else 1
+
+
+def instruction_condition(args: argparse.Namespace, task_ids: tuple[int, ...]) -> tuple[str, tuple]:
+    """(--instruction-mode, rewrites) from the arguments; --instructions implies 'rewrites'."""
+    from training.instruction_modes import load_rewrites
+
+    mode = args.instruction_mode
+    if args.instructions is not None:
+        if mode not in (None, "rewrites"):
+            raise ValueError(f"--instructions {args.instructions} gives rewrites, but "
+                             f"--instruction-mode is {mode!r}; drop one of them")
+        return "rewrites", load_rewrites(args.instructions, args.suite, task_ids)
+    if mode == "rewrites":
+        raise ValueError("--instruction-mode rewrites needs --instructions FILE (task id -> rewrites)")
+    return mode or "original", ()
 
 
 def open_journal(out: Path, protocol, spec, *, resume: bool):

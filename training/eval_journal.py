@@ -115,9 +115,16 @@ def _read_complete_lines(path: Path) -> tuple[list[dict], int]:
     return records, complete
 
 
+# Protocol fields added after journals were first written, with the value that reproduces what
+# those journals did: a journal without the field resumes when the run asks for that value.
+_ADDED_PROTOCOL_FIELDS = {"instruction_mode": "original", "rewrites": {}}
+
+
 def _differences(what: str, recorded: dict, current: dict) -> list[str]:
     # Round-trip through JSON so tuples and lists compare equal, as they are stored.
     current = json.loads(json.dumps(current, default=json_default))
+    if what == "protocol":
+        recorded = {**{k: v for k, v in _ADDED_PROTOCOL_FIELDS.items() if k in current}, **recorded}
     keys = sorted(set(recorded) | set(current))
     return [
         f"{what}.{key} was {recorded.get(key)!r}, now {current.get(key)!r}"

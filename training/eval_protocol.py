@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from envs.libero_env import SETTLE_ACTION as _ENV_SETTLE_ACTION
 from envs.suites import SUITES
+from training.instruction_modes import INSTRUCTION_MODES
 
 # Policy steps allowed per episode (after settle steps): the suite table in envs (OpenVLA/openpi
 # use 220 on Spatial, LeRobot 280; the value is recorded with every result). The settle action is
@@ -34,6 +35,11 @@ class EvalProtocol:
     renderer: str = "fast"
     n_action_steps: int | None = None  # None: execute the whole chunk before asking again
     first_init_state: int = 0  # episode k uses init state first_init_state + k
+    # Which instruction each episode gives the policy (training/instruction_modes.py):
+    # "original" (the standard protocol), "rewrites", "swapped" or "blank".
+    instruction_mode: str = "original"
+    # mode "rewrites": ((task_id, ((text, kind), ...)), ...) for every evaluated task.
+    rewrites: tuple = ()
 
     def __post_init__(self) -> None:
         if self.suite not in STANDARD_MAX_STEPS:
@@ -61,14 +67,32 @@ class EvalProtocol:
             )
         if not isinstance(self.first_init_state, int) or self.first_init_state < 0:
             raise ValueError(f"first_init_state={self.first_init_state!r}; expected an integer >= 0")
+        if self.instruction_mode not in INSTRUCTION_MODES:
+            raise ValueError(f"instruction_mode={self.instruction_mode!r}; expected one of "
+                             f"{list(INSTRUCTION_MODES)}")
+        rewrites = tuple((int(t), tuple((str(text), str(kind)) for text, kind in variants))
+                         for t, variants in self.rewrites)
+        object.__setattr__(self, "rewrites", rewrites)
+        if (self.instruction_mode == "rewrites") != bool(rewrites):
+            raise ValueError(
+                f"instruction_mode={self.instruction_mode!r} with {len(rewrites)} tasks of "
+                "rewrites: rewrites are given exactly when the mode is 'rewrites' (--instructions FILE)")
+        missing = sorted(set(self.task_ids) - {t for t, _ in rewrites}) if rewrites else []
+        if missing:
+            raise ValueError(f"rewrites: none for task(s) {missing}; every evaluated task needs one")
 
     @property
     def resolved_max_steps(self) -> int:
         return self.max_steps if self.max_steps is not None else STANDARD_MAX_STEPS[self.suite]
 
+    def rewrites_by_task(self) -> dict[int, tuple[tuple[str, str], ...]]:
+        return dict(self.rewrites)
+
     def to_dict(self) -> dict:
         record = dataclasses.asdict(self)
         record["task_ids"] = list(self.task_ids)
+        record["rewrites"] = {str(t): [{"text": text, "kind": kind} for text, kind in variants]
+                              for t, variants in self.rewrites}
         record["resolved_max_steps"] = self.resolved_max_steps
         record["settle_action"] = list(SETTLE_ACTION)
         return record

@@ -33,6 +33,9 @@ def summarize(results: Sequence[EpisodeResult], protocol: EvalProtocol, policy: 
             "mean_steps_success": _mean([r.steps for r in episodes if r.success]),
             "errors": sum(r.error is not None for r in episodes),
         })
+    if protocol.instruction_mode != "original":
+        for task in tasks:
+            task["variants"] = _variant_rows([r for r in results if r.task_id == task["task_id"]])
     total_episodes = sum(t["episodes"] for t in tasks)
     total_successes = sum(t["successes"] for t in tasks)
     low, high = wilson_interval(total_successes, total_episodes)
@@ -40,6 +43,7 @@ def summarize(results: Sequence[EpisodeResult], protocol: EvalProtocol, policy: 
         "suite": protocol.suite,
         "average_success_rate": sum(t["success_rate"] for t in tasks) / len(tasks),
         "pooled": {"episodes": total_episodes, "successes": total_successes, "wilson95": [low, high]},
+        "language": language_summary(results, protocol.instruction_mode),
         "tasks": tasks,
         "protocol": protocol.to_dict(),
         "policy": policy,
@@ -48,6 +52,52 @@ def summarize(results: Sequence[EpisodeResult], protocol: EvalProtocol, policy: 
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
                     "cpus": os.cpu_count()},
         "episodes": [dataclasses.asdict(r) for r in results],
+    }
+
+
+def _rate(successes: int, episodes: int) -> dict:
+    low, high = wilson_interval(successes, episodes)
+    return {"episodes": episodes, "successes": successes, "success_rate": successes / episodes,
+            "wilson95": [low, high]}
+
+
+def _named(episodes: Sequence[EpisodeResult]) -> dict | None:
+    """Named-task success among the episodes whose scene could be checked for it (swapped)."""
+    checkable = [r for r in episodes if r.named_success is not None]
+    if not checkable:
+        return None
+    return _rate(sum(bool(r.named_success) for r in checkable), len(checkable))
+
+
+def _variant_rows(episodes: Sequence[EpisodeResult]) -> list[dict]:
+    """One row per distinct instruction variant of a task, in first-use order."""
+    rows: dict[str, dict] = {}
+    for result in episodes:
+        rows.setdefault(result.variant, {"variant": result.variant, "kind": result.kind,
+                                         "instruction": result.instruction,
+                                         "named_task": result.named_task, "_episodes": []})
+        rows[result.variant]["_episodes"].append(result)
+    out = []
+    for row in rows.values():
+        group = row.pop("_episodes")
+        row.update(_rate(sum(r.success for r in group), len(group)))
+        row["named"] = _named(group)
+        out.append(row)
+    return out
+
+
+def language_summary(results: Sequence[EpisodeResult], mode: str) -> dict:
+    """The language condition of the run: its mode, success by kind of instruction (e.g.
+    phrasing vs synonym rewrites), and for ``swapped`` the named task's success where the
+    scene can show it. ``success`` is always the *scene's own* task."""
+    kinds: dict[str, list[EpisodeResult]] = {}
+    for result in results:
+        kinds.setdefault(result.kind, []).append(result)
+    return {
+        "mode": mode,
+        "by_kind": [{"kind": kind, **_rate(sum(r.success for r in group), len(group))}
+                    for kind, group in kinds.items()],
+        "named": _named(results),
     }
 
 
@@ -72,7 +122,38 @@ def markdown_table(summary: dict) -> str:
             f"| {task['task_id']} | {task['instruction']} | {task['successes']}/{task['episodes']} "
             f"| {100 * task['success_rate']:.0f}% | {100 * low:.0f}-{100 * high:.0f}% |"
         )
+    language = summary.get("language") or {"mode": "original"}
+    if language["mode"] != "original":
+        lines += ["", *_language_lines(summary, language)]
     return "\n".join(lines) + "\n"
+
+
+def _percent(rate: dict | None) -> str:
+    if rate is None:
+        return "n/a"
+    low, high = rate["wilson95"]
+    return (f"{rate['successes']}/{rate['episodes']} ({100 * rate['success_rate']:.0f}%, "
+            f"95% CI {100 * low:.0f}-{100 * high:.0f}%)")
+
+
+def _language_lines(summary: dict, language: dict) -> list[str]:
+    mode = language["mode"]
+    lines = [f"Instruction mode `{mode}`: success is the scene's own task"
+             + (" (lower is better: the words were ignored)." if mode == "swapped" else ".")]
+    for kind in language["by_kind"]:
+        lines.append(f"- {kind['kind']}: {_percent(kind)}")
+    if language.get("named") is not None:
+        lines.append(f"- named task completed instead, where the scene has its objects: "
+                     f"{_percent(language['named'])}")
+    lines += ["", "| task | variant | kind | instruction given | own task | named task |",
+              "|---:|---|---|---|---:|---:|"]
+    for task in summary["tasks"]:
+        for row in task.get("variants", []):
+            named = row["named"]
+            named_text = "n/a" if named is None else f"{named['successes']}/{named['episodes']}"
+            lines.append(f"| {task['task_id']} | {row['variant']} | {row['kind']} | "
+                         f"{row['instruction']!r} | {row['successes']}/{row['episodes']} | {named_text} |")
+    return lines
 
 
 def plot_success(summary: dict, path: Path) -> None:

@@ -26,13 +26,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from envs.keys import TASK
 from training.eval_protocol import EvalProtocol
+from training.instruction_modes import episode_instruction
 
 
 @dataclass(frozen=True)
 class EpisodeJob:
     task_id: int
     episode: int  # 0-based index within the task; uses init state first_init_state + episode
+    # What the policy is told (training/instruction_modes.py); None: the environment's own.
+    instruction: str | None = None
+    variant: str = "original"
+    kind: str = "original"
+    named_task: int | None = None  # swapped: the task whose instruction is given ...
+    named_goal: tuple[tuple[str, ...], ...] | None = None  # ... and its BDDL goal atoms
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,12 @@ class EpisodeResult:
     wall_s: float
     error: str | None = None
     video: str | None = None
+    instruction: str | None = None  # the exact instruction the policy was given
+    variant: str = "original"
+    kind: str = "original"
+    named_task: int | None = None
+    # swapped: whether the named task's goal was reached; None where the scene lacks its objects
+    named_success: bool | None = None
 
 
 # Per-worker state, set by _worker_init (each spawned process has its own copy).
@@ -102,13 +116,21 @@ def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
     steps = calls = 0
     success = False
     error = None
+    instruction = job.instruction
+    named_success = None
     try:
         # The env runs the settle steps (no-op SETTLE_ACTION) itself, uncounted.
         obs, info = env.reset(seed=seed, options={"init_state": init_state,
                                                   "settle_steps": protocol.num_settle_steps})
+        if instruction is None:
+            instruction = obs.get(TASK)
+        if job.named_goal is not None and env.goal_reached(job.named_goal) is not None:
+            named_success = False  # the scene has the named task's objects: it can be checked
         policy.reset()
         max_steps = protocol.resolved_max_steps
-        while steps < max_steps and not success:
+        while steps < max_steps and not success and not named_success:
+            if job.instruction is not None:
+                obs = {**obs, TASK: job.instruction}  # the condition's words, not the scene's
             chunk = np.asarray(policy.infer(obs)["actions"], dtype=np.float32)  # (H, A)
             calls += 1
             if chunk.ndim != 2 or chunk.shape[0] == 0:
@@ -123,6 +145,9 @@ def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
                     frames.append(obs["observation.images.agentview"])
                 if info.get("is_success", False):
                     success = True
+                    break
+                if named_success is not None and env.goal_reached(job.named_goal):
+                    named_success = True  # did what it was told instead
                     break
                 if steps >= max_steps:
                     break
@@ -140,6 +165,8 @@ def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
         task_id=job.task_id, episode=job.episode, init_state=init_state, seed=seed,
         success=success, steps=steps, policy_calls=calls,
         wall_s=time.monotonic() - start, error=error, video=video_path,
+        instruction=instruction, variant=job.variant, kind=job.kind, named_task=job.named_task,
+        named_success=named_success,
     )
 
 
@@ -253,6 +280,30 @@ def check_init_states_exist(protocol: EvalProtocol) -> None:
             )
 
 
+def plan_jobs(protocol: EvalProtocol) -> list[EpisodeJob]:
+    """Every episode of ``protocol``, with the instruction its language condition gives it."""
+    if protocol.instruction_mode == "original":
+        return [EpisodeJob(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)]
+    from envs.bddl import goal_atoms
+    from envs.suites import get_suite, task_info
+
+    num_tasks = get_suite(protocol.suite).num_tasks
+    infos = ({t: task_info(protocol.suite, t) for t in range(num_tasks)}
+             if protocol.instruction_mode == "swapped" else {})
+    instructions = {t: info.instruction for t, info in infos.items()}
+    jobs = []
+    for task_id in protocol.task_ids:
+        for episode in range(protocol.episodes_per_task):
+            told = episode_instruction(protocol.instruction_mode, task_id, episode, num_tasks,
+                                       protocol.rewrites_by_task(), instructions)
+            goal = None
+            if told.named_task is not None:
+                goal = tuple(tuple(atom) for atom in goal_atoms(infos[told.named_task].bddl_file))
+            jobs.append(EpisodeJob(task_id, episode, told.text, told.variant, told.kind,
+                                   told.named_task, goal))
+    return jobs
+
+
 def run_evaluation(policy_spec: Any, protocol: EvalProtocol, *, workers: int = 2,
                    video_dir: str | Path | None = None, progress: bool = True,
                    done: Sequence[EpisodeResult] = (),
@@ -265,7 +316,7 @@ def run_evaluation(policy_spec: Any, protocol: EvalProtocol, *, workers: int = 2
     """
     check_init_states_exist(protocol)
     finished = {(r.task_id, r.episode): r for r in done}
-    all_jobs = [EpisodeJob(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)]
+    all_jobs = plan_jobs(protocol)
     results: list[EpisodeResult] = [finished[(j.task_id, j.episode)] for j in all_jobs
                                     if (j.task_id, j.episode) in finished]
     jobs = [j for j in all_jobs if (j.task_id, j.episode) not in finished]

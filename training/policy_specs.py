@@ -32,11 +32,13 @@ class CheckpointPolicySpec:
     num_steps: int | None = None  # denoising steps; None: the checkpoint's default
     temporal_ensemble_coeff: float | None = None
     n_action_steps: int | None = None  # only used with temporal ensembling
+    allow_blank_instruction: bool = False  # the "blank" language condition
 
     def build(self, env: Any) -> Any:
         from policies import ActionChunkingPolicy, VLAPolicy
 
-        policy = VLAPolicy.from_checkpoint(self.path, num_steps=self.num_steps)
+        policy = VLAPolicy.from_checkpoint(self.path, num_steps=self.num_steps,
+                                           allow_blank_instruction=self.allow_blank_instruction)
         if self.temporal_ensemble_coeff is not None:
             policy = ActionChunkingPolicy(
                 policy,
@@ -51,7 +53,7 @@ class CheckpointPolicySpec:
         if config_path.is_file():
             canonical = json.dumps(json.loads(config_path.read_text()), sort_keys=True)
             config_hash = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-        return {
+        description = {
             "kind": "checkpoint",
             "checkpoint": str(Path(self.path).resolve()),
             "config_hash": config_hash,
@@ -60,6 +62,9 @@ class CheckpointPolicySpec:
             "num_steps": self.num_steps,
             "temporal_ensemble_coeff": self.temporal_ensemble_coeff,
         }
+        if self.allow_blank_instruction:  # only then: journals of earlier runs stay resumable
+            description["allow_blank_instruction"] = True
+        return description
 
 
 def _file_sha256(path: Path) -> str | None:

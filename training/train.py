@@ -1,6 +1,7 @@
 """The one training loop, for every model variant.
 
-    dataset (LeRobot) -> chunked samples -> [augment] -> shared input transforms -> model.compute_loss
+    dataset (LeRobot) -> chunked samples -> [augment images, rewrite instructions]
+        -> shared input transforms -> model.compute_loss
     AdamW + linear warm-up + cosine decay, gradient clipping, EMA of weights (saved and evaluated),
     bf16 autocast on GPUs that support it (never on CPU: bf16 matmuls are ~200x slower there).
 
@@ -45,7 +46,8 @@ from training.dataset import (
     split_episodes,
 )
 from training.ema import EMA
-from vla.features import ACTION_IS_PAD
+from training.instruction_augment import rewrite_instructions
+from vla.features import ACTION_IS_PAD, TASK
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,9 @@ class TrainConfig:
     # Wall-clock limit for the whole train() call, or None. Measured speed decides, early in the
     # run, whether `steps` fit; if not, the run trains fewer steps (see TimeBudget).
     time_budget_s: float | None = None
+    # Chance that a sample's instruction is replaced by one of its rewrites
+    # (training/instruction_augment.py); 0 trains on the dataset's instructions only.
+    instruction_rewrite_prob: float = 0.5
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "checkpoint_every", "keep_last", "log_every", "val_batches")
@@ -95,6 +100,9 @@ class TrainConfig:
             raise ValueError(
                 f"time_budget_s={self.time_budget_s!r}; expected a positive number of seconds or None"
             )
+        if not 0.0 <= self.instruction_rewrite_prob <= 1.0:
+            raise ValueError(f"instruction_rewrite_prob={self.instruction_rewrite_prob!r}; "
+                             "expected a float in [0, 1]")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(
                 f"mixed_precision={self.mixed_precision!r}; expected 'auto', 'no' or 'bf16'"
@@ -366,6 +374,11 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
         torch.manual_seed(_derived_seed(train_config.seed, step, rank))
         generator = torch.Generator().manual_seed(_derived_seed(train_config.seed, step, rank, 1))
         batch = augment_batch(batch, train_config.augment, generator)
+        local = len(batch[TASK])  # this process's share of the global batch
+        batch[TASK] = rewrite_instructions(
+            batch[TASK], train_config.instruction_rewrite_prob,
+            torch.Generator().manual_seed(_derived_seed(train_config.seed, step, 2**31)),
+            offset=rank * local, global_batch=local * accelerator.num_processes)
         batch = to_model_inputs(batch)
         with accelerator.autocast():
             per_step_loss = loss_module(batch)  # (B, H)

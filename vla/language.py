@@ -4,7 +4,9 @@ The backbone is not called as a black box: ``vla.routing`` runs its layers one a
 that stage-2 pruning can hand each layer a different subset of tokens). Every kind therefore
 exposes the same small interface:
 
-    embed_text(tokens (B, L)) -> (B, L, D)           instruction token embeddings
+    embed_text(tokens (B, L), mask (B, L)) -> text (B, T, D), text_mask (B, T)
+                                                     instruction tokens (T = L, except behind a
+                                                     pooled frozen text encoder)
     rotary(x (B, N, D), position_ids (B, N)) -> ctx  per-sequence context (rotary cos/sin or None)
     run_layer(i, x (B, n, D), key_mask (B, n), position_ids (B, n), ctx) -> (B, n, D)
     final_norm(x) -> x
@@ -13,8 +15,8 @@ exposes the same small interface:
 ``position_ids`` are positions in the full sequence, gathered along with the tokens, so a pruned
 layer sees each kept token at its original position (rotary) and with its original causal order.
 
-Kinds: ``ScratchLanguageBackbone`` (bidirectional pre-LN transformer + download-free tokenizer),
-and for ``transformers`` checkpoints ``BertStyleBackbone`` (post-LN encoders: BERT, MiniLM,
+Kinds: ``ScratchLanguageBackbone`` (bidirectional pre-LN transformer; the instruction read by a
+download-free tokenizer + trained embeddings, or by a frozen pretrained sentence encoder), and for ``transformers`` checkpoints ``BertStyleBackbone`` (post-LN encoders: BERT, MiniLM,
 RoBERTa) and ``RotaryDecoderBackbone`` (Llama, SmolLM, Qwen2/3, Mistral), chosen by the modules
 the loaded model has.
 """
@@ -27,7 +29,12 @@ import torch
 from torch import nn
 
 from vla.blocks import TransformerBlock
-from vla.config import LanguageConfig, PretrainedLanguageConfig, ScratchLanguageConfig
+from vla.config import (
+    FrozenTextEncoderConfig,
+    LanguageConfig,
+    PretrainedLanguageConfig,
+    ScratchLanguageConfig,
+)
 from vla.tokenizer import ByteTokenizer, HFTokenizer, WordHashTokenizer
 
 
@@ -37,7 +44,7 @@ class LanguageBackbone(nn.Module):
     is_causal: bool = False
     tokenizer: Any
 
-    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def embed_text(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def rotary(self, x: torch.Tensor, position_ids: torch.Tensor) -> Any:
@@ -70,25 +77,61 @@ class ScratchLanguageBackbone(LanguageBackbone):
         super().__init__()
         self.hidden_size = config.dim
         self.num_layers = config.depth
-        if config.tokenizer == "bytes":
-            self.tokenizer = ByteTokenizer(config.max_length)
+        self.text_encoder = None
+        if config.text_encoder is not None:
+            self._init_text_encoder(config.text_encoder, config.dim)
         else:
-            self.tokenizer = WordHashTokenizer(config.max_length, config.vocab_size)
-        self.token_embedding = nn.Embedding(self.tokenizer.vocab_size, config.dim)
-        self.text_positions = nn.Parameter(torch.randn(config.max_length, config.dim) * 0.02)
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
+            if config.tokenizer == "bytes":
+                self.tokenizer = ByteTokenizer(config.max_length)
+            else:
+                self.tokenizer = WordHashTokenizer(config.max_length, config.vocab_size)
+            self.token_embedding = nn.Embedding(self.tokenizer.vocab_size, config.dim)
+            self.text_positions = nn.Parameter(torch.randn(config.max_length, config.dim) * 0.02)
+            nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.layers = nn.ModuleList(
             TransformerBlock(config.dim, config.num_heads, config.mlp_ratio, config.dropout)
             for _ in range(config.depth)
         )
         self.norm = nn.LayerNorm(config.dim)
 
-    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _init_text_encoder(self, config: FrozenTextEncoderConfig, dim: int) -> None:
+        from vla.text_encoder import FrozenTextEncoder
+
+        # A plain attribute, not a submodule: the frozen encoder is neither trained nor saved.
+        self.text_encoder = FrozenTextEncoder(config)
+        self.tokenizer = self.text_encoder.tokenizer
+        features = self.text_encoder.feature_dim
+        # pooled: one sentence vector -> num_tokens text tokens; tokens: one per encoder token.
+        n_out = config.num_tokens if config.output == "pooled" else 1
+        self.text_projection = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, n_out * dim))
+        n_positions = config.num_tokens if config.output == "pooled" else config.max_length
+        self.text_positions = nn.Parameter(torch.randn(n_positions, dim) * 0.02)
+
+    def embed_text(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.text_encoder is not None:
+            return self._embed_encoded_text(tokens, mask)
         if tokens.shape[1] > self.text_positions.shape[0]:
             raise ValueError(
                 f"instruction has {tokens.shape[1]} tokens, more than max_length="
                 f"{self.text_positions.shape[0]} of this backbone; tokenize with model.tokenizer")
-        return self.token_embedding(tokens) + self.text_positions[: tokens.shape[1]]  # (B, L, D)
+        return self.token_embedding(tokens) + self.text_positions[: tokens.shape[1]], mask  # (B, L, D)
+
+    def _embed_encoded_text(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tokens.shape[1] > self.text_encoder.config.max_length:
+            raise ValueError(
+                f"instruction has {tokens.shape[1]} tokens, more than the text encoder's max_length="
+                f"{self.text_encoder.config.max_length}; tokenize with model.tokenizer")
+        features, feature_mask = self.text_encoder.features(tokens, mask)  # (B, T, F), (B, T), cached
+        weight = self.text_projection[1].weight
+        features = features.to(device=weight.device, dtype=weight.dtype)
+        feature_mask = feature_mask.to(mask.device)
+        b, t, _ = features.shape
+        text = self.text_projection(features)  # (B, T, n_out * D)
+        # pooled: (B, 1, num_tokens * D) -> (B, num_tokens, D); tokens: (B, L, D) as is.
+        text = text.reshape(b, -1, self.hidden_size)
+        if text.shape[1] != t:
+            feature_mask = feature_mask.expand(b, text.shape[1])  # every pooled token is valid
+        return text + self.text_positions[: text.shape[1]], feature_mask
 
     def run_layer(self, index, x, key_mask, position_ids, ctx):
         return self.layers[index](x, key_mask[:, None, None, :])  # bool mask (B, 1, 1, n)
@@ -113,9 +156,9 @@ class BertStyleBackbone(LanguageBackbone):
         self.hidden_size = model.config.hidden_size
         self.num_layers = len(model.encoder.layer)
 
-    def embed_text(self, tokens):
+    def embed_text(self, tokens, mask):
         # Word + absolute position + token-type embeddings, LayerNorm: (B, L) -> (B, L, D).
-        return self.model.embeddings(input_ids=tokens)
+        return self.model.embeddings(input_ids=tokens), mask
 
     def run_layer(self, index, x, key_mask, position_ids, ctx):
         mask = self.additive_mask(key_mask, position_ids, x.dtype)
@@ -136,8 +179,8 @@ class RotaryDecoderBackbone(LanguageBackbone):
         self.hidden_size = model.config.hidden_size
         self.num_layers = len(model.layers)
 
-    def embed_text(self, tokens):
-        return self.model.embed_tokens(tokens)  # (B, L, D)
+    def embed_text(self, tokens, mask):
+        return self.model.embed_tokens(tokens), mask  # (B, L, D)
 
     def rotary(self, x, position_ids):
         # (cos, sin), each (B, N, head_dim), for every position of the full sequence; pruned

@@ -2,7 +2,7 @@
 
     images (B, C, 3, S, S) --VisionEncoder--> patches (B, C, P, D)
         --stage 1 InstructionAggregator (optional)--> (B, C, K, D) --flatten--> visual (B, V, D)
-    tokens (B, L) --embed_text--> text (B, L, D);  state (B, S) --Linear--> proprio (B, 1, D)
+    tokens (B, L) --embed_text--> text (B, T, D);  state (B, S) --Linear--> proprio (B, 1, D)
     sequence [text | visual | proprio | readout (R learned)] (B, N, D)
         --backbone layers, stage-2 TokenPruner at routed layers (optional)--> (B, N, D)
     readout states = cond (B, R, D) --ActionHead--> loss (B, H) / actions (B, H, A) normalized
@@ -13,6 +13,7 @@ statistics (``self.normalizer``), which are saved with the weights.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class VLAModel(nn.Module):
             raise TypeError(f"VLAModel(config=...) expects a VLAConfig, got {type(config).__name__}")
         self.config = config
         self.language = build_language_backbone(config.language, load_weights=load_backbone_weights)
+        self.config = config = _pin_text_encoder(config, self.language)
         dim = self.language.hidden_size
         num_cameras = len(config.camera_names)
         self.vision = build_vision_encoder(
@@ -129,7 +131,7 @@ class VLAModel(nn.Module):
         """
         images, state, tokens, text_mask = self._check_batch(batch)
         b = tokens.shape[0]
-        text = self.language.embed_text(tokens)  # (B, L, D)
+        text, text_mask = self.language.embed_text(tokens, text_mask)  # (B, T, D), (B, T)
         patches = self.vision(images)  # (B, C, P, D)
         if self.aggregator is not None:
             instruction = masked_mean(text, text_mask)  # (B, D) pooled instruction embedding
@@ -229,3 +231,14 @@ class VLAModel(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _pin_text_encoder(config: VLAConfig, language: nn.Module) -> VLAConfig:
+    """The config with the frozen text encoder's weights SHA-256 filled in (saved with the
+    checkpoint, so a reload with other encoder weights is refused, see vla.text_encoder)."""
+    encoder = getattr(language, "text_encoder", None)
+    if encoder is None or config.language.text_encoder.weights_sha256:
+        return config
+    pinned = dataclasses.replace(config.language.text_encoder, weights_sha256=encoder.sha256)
+    return dataclasses.replace(config, language=dataclasses.replace(config.language, text_encoder=pinned))
+

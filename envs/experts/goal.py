@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from envs.bddl import goal_atoms
+
 RELATIONS = ("in", "on")
 
 
@@ -40,46 +42,6 @@ class PickPlaceGoal:
             value = getattr(self, field)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"PickPlaceGoal.{field}={value!r}: expected a non-empty name")
-
-
-def _tokenize(text: str) -> list[str]:
-    return re.findall(r"\(|\)|[^\s()]+", text)
-
-
-def _parse_sexpr(tokens: list[str], start: int) -> tuple[list | str, int]:
-    """Parses one s-expression from ``tokens[start]``; returns (expr, index after it)."""
-    token = tokens[start]
-    if token != "(":
-        return token, start + 1
-    items: list = []
-    index = start + 1
-    while tokens[index] != ")":
-        item, index = _parse_sexpr(tokens, index)
-        items.append(item)
-    return items, index + 1
-
-
-def _goal_block(text: str) -> list:
-    tokens = _tokenize(re.sub(r";[^\n]*", "", text))  # drop BDDL comments
-    for index, token in enumerate(tokens):
-        if token == ":goal" and index > 0 and tokens[index - 1] == "(":
-            expr, _ = _parse_sexpr(tokens, index - 1)
-            return expr[1:]  # (:goal X) -> [X]
-    raise ValueError("BDDL text has no (:goal ...) block")
-
-
-def _flatten_and(expressions: list) -> list[list[str]]:
-    """``[(And (In a b) (On c d))]`` -> ``[["in", "a", "b"], ["on", "c", "d"]]``."""
-    atoms: list[list[str]] = []
-    for expr in expressions:
-        if isinstance(expr, str):
-            raise ValueError(f"unexpected bare token {expr!r} in BDDL goal")
-        head = str(expr[0]).lower()
-        if head == "and":
-            atoms.extend(_flatten_and(expr[1:]))
-        else:
-            atoms.append([head, *[str(part) for part in expr[1:]]])
-    return atoms
 
 
 def goal_from_atoms(atoms: list[list[str]], object_names: list[str] | None = None) -> PickPlaceGoal:
@@ -114,10 +76,7 @@ def _owner(target: str, object_names: list[str] | None) -> str:
 
 def parse_bddl_goal(bddl: str | Path) -> PickPlaceGoal:
     """Parses a BDDL file path, or BDDL text, into its pick-and-place goal."""
-    text = str(bddl)
-    if not text.lstrip().startswith("("):  # BDDL text always opens with "(define" / "(:goal"
-        text = Path(bddl).read_text()
-    return goal_from_atoms(_flatten_and(_goal_block(text)))
+    return goal_from_atoms(goal_atoms(bddl))
 
 
 def goal_from_env(problem_env) -> PickPlaceGoal:

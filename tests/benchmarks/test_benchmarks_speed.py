@@ -165,3 +165,12 @@ def test_eval_bench_one_worker_ten_steps(tmp_path):
     assert (result["episodes"], result["errors"], result["env_steps"]) == (1, 0, 20)
     assert 0 < result["env_steps_per_s_wall"] < result["env_steps_per_s_episodes"]
     assert report["ratios"] == {}  # one worker count: nothing to compare
+
+
+def test_language_summary_is_each_encoder_step_over_the_words_step():
+    from benchmarks.model_speed import language_summary
+
+    records = [{"language": "words", "step_ms_median": 20.0},
+               {"language": "encoder_pooled", "step_ms_median": 21.0}]
+    assert language_summary(records) == {"language_step_ratio_encoder_pooled_vs_words": 1.05}
+    assert language_summary([]) == {}

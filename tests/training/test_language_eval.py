@@ -1,0 +1,170 @@
+"""Language conditions of `vla eval`: rewrites files, swapped and blank instructions, the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs.instruction_rewrites import rewrites
+from training.eval_protocol import EvalProtocol
+from training.eval_report import language_summary, markdown_table, summarize
+from training.evaluate import EpisodeJob, EpisodeResult, plan_jobs, run_episode
+from training.instruction_modes import episode_instruction, load_rewrites
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HELDOUT = REPO_ROOT / "docs" / "language" / "heldout_rewrites_libero_object.json"
+OBJECT_INSTRUCTIONS = [f"pick up the {o} and place it in the basket" for o in (
+    "alphabet soup", "cream cheese", "salad dressing", "bbq sauce", "ketchup", "tomato sauce",
+    "butter", "milk", "chocolate pudding", "orange juice")]
+
+
+def _write(tmp_path, data) -> Path:
+    path = tmp_path / "rewrites.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_rewrites_file_formats_and_refusals(tmp_path):
+    plain = load_rewrites(_write(tmp_path, {"0": "grab it", "1": ["a", {"text": "b", "kind": "synonym"}]}),
+                          "libero_object", (0, 1))
+    assert plain == ((0, (("grab it", "rewrite"),)), (1, (("a", "rewrite"), ("b", "synonym"))))
+    wrapped = load_rewrites(_write(tmp_path, {"suite": "libero_object", "provenance": "x",
+                                              "instructions": {"0": ["grab it"]}}), "libero_object", (0,))
+    assert wrapped == ((0, (("grab it", "rewrite"),)),)
+    cases = [
+        ({"0": ["a"]}, (0, 1), "no rewrites for task(s) [1]"),
+        ({"zero": ["a"]}, (0,), "key 'zero' is not a task id"),
+        ({"0": [""]}, (0,), "['0'][0]"),
+        ({"0": []}, (0,), "non-empty list"),
+        ({"0": [{"text": "a", "kind": 3}]}, (0,), ".kind = 3"),
+        ({"suite": "libero_goal", "instructions": {"0": ["a"]}}, (0,), "written for suite 'libero_goal'"),
+        ([1, 2], (0,), "expected a JSON object"),
+    ]
+    for data, task_ids, message in cases:
+        with pytest.raises(ValueError, match=None) as error:
+            load_rewrites(_write(tmp_path, data), "libero_object", task_ids)
+        assert message in str(error.value), (data, str(error.value))
+    with pytest.raises(ValueError, match="no such file"):
+        load_rewrites(tmp_path / "missing.json", "libero_object", (0,))
+
+
+def test_episode_instruction_per_mode():
+    instructions = dict(enumerate(OBJECT_INSTRUCTIONS))
+    table = {3: (("grab the bbq sauce", "phrasing"), ("the barbecue sauce", "synonym"))}
+    assert episode_instruction("original", 3, 0, 10, table, instructions).text is None
+    blank = episode_instruction("blank", 3, 5, 10, table, instructions)
+    assert (blank.text, blank.kind) == ("", "blank")
+    given = [episode_instruction("rewrites", 3, k, 10, table, instructions) for k in range(4)]
+    assert [g.text for g in given] == ["grab the bbq sauce", "the barbecue sauce"] * 2
+    assert [g.kind for g in given] == ["phrasing", "synonym"] * 2
+    # Swapped: never the scene's own task, and 9 episodes visit each other task once.
+    named = [episode_instruction("swapped", 3, k, 10, table, instructions).named_task for k in range(9)]
+    assert sorted(named) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    swapped = episode_instruction("swapped", 3, 0, 10, table, instructions)
+    assert swapped.text == instructions[swapped.named_task] and swapped.kind == "swapped"
+
+
+def test_protocol_records_the_condition_and_refuses_inconsistent_ones():
+    protocol = EvalProtocol(suite="libero_object", task_ids=(0,), instruction_mode="rewrites",
+                            rewrites=((0, (("grab it", "phrasing"),)),))
+    record = protocol.to_dict()
+    assert record["instruction_mode"] == "rewrites"
+    assert record["rewrites"] == {"0": [{"text": "grab it", "kind": "phrasing"}]}
+    with pytest.raises(ValueError, match="exactly when the mode is 'rewrites'"):
+        EvalProtocol(suite="libero_object", task_ids=(0,), instruction_mode="rewrites")
+    with pytest.raises(ValueError, match="instruction_mode='loud'"):
+        EvalProtocol(suite="libero_object", task_ids=(0,), instruction_mode="loud")
+    with pytest.raises(ValueError, match=r"none for task\(s\) \[1\]"):
+        EvalProtocol(suite="libero_object", task_ids=(0, 1), instruction_mode="rewrites",
+                     rewrites=((0, (("grab it", "phrasing"),)),))
+
+
+def test_heldout_rewrites_share_nothing_with_the_training_rewrites():
+    heldout = load_rewrites(HELDOUT, "libero_object", tuple(range(10)))
+    training = {r.text for instruction in OBJECT_INSTRUCTIONS for r in rewrites(instruction)}
+    given = {text for _, variants in heldout for text, _ in variants}
+    assert len(given) == 100 and not given & training
+    assert not given & set(OBJECT_INSTRUCTIONS)
+    kinds = {kind for _, variants in heldout for _, kind in variants}
+    assert kinds == {"phrasing", "synonym"}
+
+
+def _result(task, episode, success, kind="phrasing", named=None, variant=None):
+    return EpisodeResult(task_id=task, episode=episode, init_state=episode, seed=0, success=success,
+                         steps=10, policy_calls=10, wall_s=1.0, instruction=f"text {variant}",
+                         variant=variant or kind, kind=kind, named_task=None if named is None else 1,
+                         named_success=named)
+
+
+def test_summary_breaks_success_down_by_kind_variant_and_named_task():
+    results = [_result(0, 0, True, "phrasing", variant="rewrite 0"),
+               _result(0, 1, False, "synonym", variant="rewrite 1"),
+               _result(0, 2, True, "phrasing", variant="rewrite 0")]
+    summary = language_summary(results, "rewrites")
+    by_kind = {k["kind"]: (k["successes"], k["episodes"]) for k in summary["by_kind"]}
+    assert by_kind == {"phrasing": (2, 2), "synonym": (0, 1)} and summary["named"] is None
+    protocol = EvalProtocol(suite="libero_object", task_ids=(0,), episodes_per_task=3,
+                            instruction_mode="rewrites", rewrites=((0, (("a", "phrasing"), ("b", "synonym"))),))
+    full = summarize(results, protocol, {"kind": "test"}, {0: "orig"}, 1.0)
+    variants = {v["variant"]: (v["successes"], v["episodes"]) for v in full["tasks"][0]["variants"]}
+    assert variants == {"rewrite 0": (2, 2), "rewrite 1": (0, 1)}
+    assert "| 0 | rewrite 1 | synonym |" in markdown_table(full)
+
+    swapped = [_result(0, 0, False, "swapped", named=True), _result(0, 1, True, "swapped", named=False),
+               _result(0, 2, False, "swapped", named=None)]
+    named = language_summary(swapped, "swapped")["named"]
+    assert (named["successes"], named["episodes"]) == (1, 2)  # the uncheckable episode is left out
+
+
+class RecordingPolicy:
+    """Returns the settle no-op and records each instruction it is given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def infer(self, obs):
+        self.seen.append(obs["task"])
+        return {"actions": np.array([[0.0] * 6 + [-1.0]], dtype=np.float32)}
+
+    def reset(self):
+        pass
+
+
+@pytest.mark.sim
+def test_runner_gives_the_condition_s_instruction_and_checks_the_named_goal():
+    import envs
+    from envs.bddl import goal_atoms
+    from envs.suites import task_info
+
+    env = envs.make_libero_env("libero_object", 0, image_size=32, renderer="fast")
+    try:
+        protocol = EvalProtocol(suite="libero_object", task_ids=(0,), episodes_per_task=9,
+                                image_size=32, max_steps=2, instruction_mode="swapped")
+        jobs = plan_jobs(protocol)
+        assert [j.named_task for j in jobs] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+        objects = set(env.libero_env.env.object_states_dict)
+        for job in jobs[:2]:
+            policy = RecordingPolicy()
+            result = run_episode(env, policy, protocol, job)
+            assert result.error is None
+            assert set(policy.seen) == {task_info("libero_object", job.named_task).instruction}
+            assert result.instruction == policy.seen[0] and result.kind == "swapped"
+            named_object = goal_atoms(task_info("libero_object", job.named_task).bddl_file)[0][1]
+            # Checkable exactly when the scene has the named object; not reached by no-ops.
+            assert result.named_success == (False if named_object in objects else None)
+        # The scene's own goal, read from its BDDL, agrees with LIBERO's success check.
+        own = goal_atoms(task_info("libero_object", 0).bddl_file)
+        assert env.goal_reached(own) is False
+        assert env.goal_reached([["in", "no_such_object_1", "basket_1_contain_region"]]) is None
+
+        policy = RecordingPolicy()
+        original = run_episode(env, policy, EvalProtocol(suite="libero_object", task_ids=(0,),
+                                                         episodes_per_task=1, image_size=32,
+                                                         max_steps=1), EpisodeJob(0, 0))
+        assert original.instruction == env.instruction == policy.seen[0]
+        assert original.named_success is None and original.variant == "original"
+    finally:
+        env.close()
