@@ -9,6 +9,9 @@ What is exported (see robots/onnx_runtime.py for the runtime that reads it, with
                          backbone with stage-2 pruning + readout, and the denoiser's cond projection
                          (images (B, 3, S, S) per camera, state (B, S_dim) RAW units, tokens (B, L),
                          attention_mask (B, L)) -> cond (B, Nc, D), cond_encoded
+    text_encoder.onnx    models with a frozen text encoder only: once per instruction,
+                         (tokens, attention_mask) -> text_features (B, T, F), which encoder.onnx
+                         then takes (with text_mask (B, T)) in place of the tokens
     denoiser_step.onnx   once per denoising step (diffusion / flow heads):
                          (x_t (B, H, A), t (B,), cond_encoded) -> model_output (B, H, A)
     head.onnx            regression head, one pass: cond (B, Nc, D) -> actions (B, H, A)
@@ -168,22 +171,33 @@ def build_modules(model) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from vla.features import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE, image_key
+    from vla.features import (
+        OBS_LANGUAGE_ATTENTION_MASK,
+        OBS_LANGUAGE_FEATURES,
+        OBS_LANGUAGE_FEATURES_MASK,
+        OBS_LANGUAGE_TOKENS,
+        OBS_STATE,
+        image_key,
+    )
     from vla.heads import RegressionHead
 
     clone = _export_copy(model)
     cameras = tuple(clone.config.camera_names)
     head = clone.head
 
+    text_keys = ((OBS_LANGUAGE_FEATURES, OBS_LANGUAGE_FEATURES_MASK) if text_encoder_of(clone) is not None
+                 else (OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK))
+
     class Encoder(nn.Module):
-        """(state (B, S_dim), tokens (B, L), mask (B, L), *images (B, 3, S, S)) -> cond, cond_encoded."""
+        """(state (B, S_dim), tokens (B, L), mask (B, L), *images (B, 3, S, S)) -> cond, cond_encoded;
+        with a frozen text encoder: (state, text_features (B, T, F), text_mask (B, T), *images)."""
 
         def __init__(self) -> None:
             super().__init__()
             self.model = clone
 
-        def forward(self, state, tokens, attention_mask, *images):
-            batch = {OBS_STATE: state, OBS_LANGUAGE_TOKENS: tokens, OBS_LANGUAGE_ATTENTION_MASK: attention_mask}
+        def forward(self, state, text, text_mask, *images):
+            batch = {OBS_STATE: state, text_keys[0]: text, text_keys[1]: text_mask}
             batch.update({image_key(c): image for c, image in zip(cameras, images)})
             cond, _ = self.model.encode(batch)  # (B, Nc, D)
             if isinstance(self.model.head, RegressionHead):
@@ -210,12 +224,30 @@ def build_modules(model) -> dict[str, Any]:
         def forward(self, cond):
             return self.head.predict(cond)
 
+    class TextEncoder(nn.Module):
+        """(tokens (B, L), attention_mask (B, L)) -> text_features (B, T, F), the frozen encoder."""
+
+        def __init__(self, encoder) -> None:
+            super().__init__()
+            self.model = encoder.model  # the HF module, so that export sees its weights
+            self.encoder = encoder
+
+        def forward(self, tokens, attention_mask):
+            return self.encoder.encode(tokens, attention_mask)
+
     modules = {"encoder": Encoder().eval()}
+    if text_encoder_of(clone) is not None:
+        modules["text_encoder"] = TextEncoder(text_encoder_of(clone)).eval()
     if isinstance(head, RegressionHead):
         modules["head"] = Head().eval()
     else:
         modules["denoiser_step"] = DenoiserStep().eval()
     return modules
+
+
+def text_encoder_of(model):
+    """The model's frozen text encoder (vla.text_encoder.FrozenTextEncoder), or None."""
+    return getattr(model.language, "text_encoder", None)
 
 
 def head_kind(model) -> str:
@@ -259,10 +291,15 @@ def make_batch(model, batch_size: int, seed: int) -> dict[str, Any]:
 
 
 def encoder_args(model, batch) -> tuple:
+    """The encoder graph's inputs for a model batch: the tokens, or (frozen text encoder) its
+    features of them."""
     from vla.features import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS, OBS_STATE, image_key
 
-    return (batch[OBS_STATE], batch[OBS_LANGUAGE_TOKENS], batch[OBS_LANGUAGE_ATTENTION_MASK],
-            *(batch[image_key(c)] for c in model.config.camera_names))
+    text, mask = batch[OBS_LANGUAGE_TOKENS], batch[OBS_LANGUAGE_ATTENTION_MASK]
+    encoder = text_encoder_of(model)
+    if encoder is not None:
+        text, mask = encoder.features(text, mask)  # (B, T, F), (B, T)
+    return (batch[OBS_STATE], text, mask, *(batch[image_key(c)] for c in model.config.camera_names))
 
 
 def to_numpy_feeds(model, batch) -> dict[str, Any]:
@@ -307,13 +344,24 @@ def export_graphs(model, out: Path, options: ExportOptions, log=print) -> dict[s
     cams = [rt.image_input_name(c) for c in config.camera_names]
     files: dict[str, str] = {}
 
+    if "text_encoder" in modules:
+        t0 = time.perf_counter()
+        tokens = (example["observation.language.tokens"], example["observation.language.attention_mask"])
+        _export_graph(modules["text_encoder"], tokens, out / "text_encoder.onnx",
+                      [rt.ENCODER_INPUT_TOKENS, rt.ENCODER_INPUT_MASK], [rt.TEXT_ENCODER_OUTPUT],
+                      ({0: batch, 1: text}, {0: batch, 1: text}), options.opset)
+        files["text_encoder"] = "text_encoder.onnx"
+        log(f"  text_encoder.onnx       {time.perf_counter() - t0:6.1f} s")
+
     t0 = time.perf_counter()
     args = encoder_args(model, example)
-    # torch.export matches *images as one tuple argument.
-    dyn = ({0: batch}, {0: batch, 1: text}, {0: batch, 1: text}, tuple({0: batch} for _ in cams))
+    # torch.export matches *images as one tuple argument. A pooled text encoder gives one
+    # feature row per instruction (T = 1, fixed); token states have the text's length.
+    pooled = "text_encoder" in modules and text_encoder_of(model).config.output == "pooled"
+    text_dims = {0: batch} if pooled else {0: batch, 1: text}
+    dyn = ({0: batch}, text_dims, text_dims, tuple({0: batch} for _ in cams))
     outputs = list(rt.ENCODER_OUTPUTS) if "denoiser_step" in modules else list(rt.ENCODER_OUTPUTS[:1])
-    _export_graph(modules["encoder"], args, out / "encoder.onnx",
-                  [rt.ENCODER_INPUT_STATE, rt.ENCODER_INPUT_TOKENS, rt.ENCODER_INPUT_MASK, *cams],
+    _export_graph(modules["encoder"], args, out / "encoder.onnx", encoder_input_names(model),
                   outputs, dyn, options.opset)
     files["encoder"] = "encoder.onnx"
     log(f"  encoder.onnx            {time.perf_counter() - t0:6.1f} s")
@@ -337,6 +385,13 @@ def export_graphs(model, out: Path, options: ExportOptions, log=print) -> dict[s
         files["denoiser_step"] = "denoiser_step.onnx"
         log(f"  denoiser_step.onnx      {time.perf_counter() - t0:6.1f} s")
     return files
+
+
+def encoder_input_names(model) -> list[str]:
+    cams = [rt.image_input_name(c) for c in model.config.camera_names]
+    if text_encoder_of(model) is not None:
+        return [rt.ENCODER_INPUT_STATE, rt.ENCODER_INPUT_TEXT_FEATURES, rt.ENCODER_INPUT_TEXT_MASK, *cams]
+    return [rt.ENCODER_INPUT_STATE, rt.ENCODER_INPUT_TOKENS, rt.ENCODER_INPUT_MASK, *cams]
 
 
 def convert_fp16(out: Path, files: dict[str, str], log=print) -> dict[str, str]:
@@ -555,8 +610,7 @@ def write_meta(model, out: Path, graphs: dict[str, dict[str, str]], options: Exp
             "routing": config.routing.name,
         },
         "io": {
-            "encoder_inputs": [rt.ENCODER_INPUT_STATE, rt.ENCODER_INPUT_TOKENS, rt.ENCODER_INPUT_MASK,
-                               *(rt.image_input_name(c) for c in config.camera_names)],
+            "encoder_inputs": encoder_input_names(model),
             "encoder_outputs": list(rt.ENCODER_OUTPUTS) if "denoiser_step" in graphs["fp32"]
             else list(rt.ENCODER_OUTPUTS[:1]),
             "step_inputs": list(rt.STEP_INPUTS), "step_output": rt.STEP_OUTPUT,
@@ -568,6 +622,11 @@ def write_meta(model, out: Path, graphs: dict[str, dict[str, str]], options: Exp
         "tokenizer": tokenizer_meta(model, out),
         "normalization": normalization_meta(model),
     }
+    encoder = text_encoder_of(model)
+    if encoder is not None:
+        meta["text_encoder"] = {"output": encoder.config.output, "feature_dim": encoder.feature_dim,
+                                "weights_sha256": encoder.sha256,
+                                "note": "run once per instruction; feeds encoder.onnx text_features"}
     (out / rt.META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     (out / "stats.json").write_text(json.dumps(model.normalizer.stats_dict(), indent=2) + "\n")
     return meta
@@ -610,6 +669,11 @@ def check_parity(model, out: Path, precision: str, options: ExportOptions) -> di
     parts: dict[str, float] = {}
     with torch.no_grad():
         cond, _ = model.encode(batch)
+        if exported.text_encoder is not None:
+            torch_features, _ = text_encoder_of(model).features(batch["observation.language.tokens"],
+                                                                batch["observation.language.attention_mask"])
+            onnx_features, _ = exported.text_features(feeds["tokens"], feeds["mask"])
+            parts["text_features"] = _max_err(onnx_features, torch_features)
         onnx_cond, onnx_cond_encoded = exported.encode(**feeds)
         parts["cond"] = _max_err(onnx_cond, cond)
         if exported.kind != "regression":
@@ -629,7 +693,9 @@ def check_parity(model, out: Path, precision: str, options: ExportOptions) -> di
     obs = {f"{rt.OBS_IMAGE_PREFIX}{c}": rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
            for c in model.config.camera_names}
     state = batch["observation.state"][0].numpy()
-    obs.update({rt.OBS_STATE: state, rt.TASK: _INSTRUCTIONS[2]})
+    # The longest example instruction the model reads whole (policies refuse longer ones).
+    fits = [t for t in _INSTRUCTIONS if model.tokenizer.count_tokens(t) <= model.tokenizer.max_length]
+    obs.update({rt.OBS_STATE: state, rt.TASK: max(fits or [_INSTRUCTIONS[0]], key=len)})
     one_noise = noise[0].numpy()
     torch_actions = VLAPolicy(model).infer(obs, noise=one_noise)["actions"]
     onnx_actions = rt.OnnxPolicy(out, precision=precision).infer(obs, noise=one_noise)["actions"]
@@ -679,7 +745,8 @@ def parity_passed(report: dict[str, Any]) -> bool:
 def _remove_previous_export(out: Path) -> None:
     """Delete the files an earlier export wrote to `out` (and only those), so that no stale graph
     (e.g. an fp16 one from an earlier --fp16 run) sits next to the new export_meta.json."""
-    names = [f"{g}{suffix}.onnx" for g in ("encoder", "denoiser_step", "head") for suffix in ("", "_fp16")]
+    names = [f"{g}{suffix}.onnx" for g in ("text_encoder", "encoder", "denoiser_step", "head")
+             for suffix in ("", "_fp16")]
     for name in [*names, rt.META_FILE, PARITY_FILE, "stats.json", TRT_SCRIPT]:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "tokenizer", ignore_errors=True)

@@ -6,6 +6,10 @@ two graphs and a JSON file with everything else the PyTorch policy computes outs
     encoder.onnx         images (B, 3, S, S) per camera, state (B, S_dim) raw units,
                          tokens (B, L) int64, attention_mask (B, L) bool
                          -> cond (B, Nc, D), cond_encoded (the denoiser's projection of cond)
+    text_encoder.onnx    only for models with a frozen text encoder (the `small` preset):
+                         tokens (B, L), attention_mask (B, L) -> text_features (B, T, F), run
+                         once per distinct instruction (cached here); encoder.onnx then takes
+                         text_features (B, T, F) and text_mask (B, T) instead of the tokens
     denoiser_step.onnx   x_t (B, H, A), t (B,) in [0, 1], cond_encoded -> model_output (B, H, A)
                          (diffusion and flow heads: noise / velocity / sample prediction)
     head.onnx            cond (B, Nc, D) -> actions (B, H, A)   (regression head, one pass)
@@ -47,6 +51,11 @@ ACTIONS = "actions"
 ENCODER_INPUT_STATE = "state"
 ENCODER_INPUT_TOKENS = "tokens"
 ENCODER_INPUT_MASK = "attention_mask"
+# Models whose instruction is read by a frozen text encoder: text_encoder.onnx maps (tokens,
+# attention_mask) to TEXT_FEATURES once per instruction, and the encoder takes those instead.
+TEXT_ENCODER_OUTPUT = "text_features"
+ENCODER_INPUT_TEXT_FEATURES = "text_features"
+ENCODER_INPUT_TEXT_MASK = "text_mask"
 ENCODER_OUTPUTS = ("cond", "cond_encoded")
 STEP_INPUTS = ("x_t", "t", "cond_encoded")
 STEP_OUTPUT = "model_output"
@@ -93,6 +102,10 @@ class ScratchTokenizer:
         return [self.num_special + zlib.crc32(w.encode("utf-8")) % buckets
                 for w in _WORD_RE.findall(text.lower())]
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens before truncation, BOS and EOS included (vla.tokenizer's count)."""
+        return len(self.encode(text)) + 2
+
     def __call__(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
         """list of str -> tokens int64 (B, L), attention mask bool (B, L); L = longest."""
         _check_texts(texts)
@@ -116,6 +129,13 @@ class HFJsonTokenizer:
         self.pad_id = int(pad_id)
         self.tokenizer.enable_truncation(self.max_length)
         self.tokenizer.no_padding()
+        self._counter = Tokenizer.from_file(str(path))  # the same tokenizer, never truncating
+        self._counter.no_truncation()
+        self._counter.no_padding()
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens before truncation, special tokens included (vla.tokenizer's count)."""
+        return len(self._counter.encode(text).ids)
 
     def __call__(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
         _check_texts(texts)
@@ -277,6 +297,9 @@ class ExportedModel:
         self.sampler: Dict[str, Any] = self.meta["sampler"]
         self.kind: str = self.sampler["kind"]  # "diffusion" | "flow" | "regression"
         self.encoder = session("encoder")
+        self.text_encoder_spec: Optional[Dict[str, Any]] = self.meta.get("text_encoder")
+        self.text_encoder = session("text_encoder") if self.text_encoder_spec is not None else None
+        self._text_cache: Dict[bytes, np.ndarray] = {}  # instruction ids -> (T, F) features
         self.step = session("denoiser_step") if self.kind in ("diffusion", "flow") else None
         self.head = session("head") if self.kind == "regression" else None
         if self.kind == "diffusion":
@@ -287,14 +310,38 @@ class ExportedModel:
 
     # -- the graphs, one call each ------------------------------------------------------------
 
+    def text_features(self, tokens: np.ndarray, mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """tokens int64 (B, L), mask bool (B, L) -> text_features float32 (B, T, F), text_mask
+        bool (B, T), through text_encoder.onnx once per distinct instruction (then cached).
+        T = 1 for a pooled encoder, L for token states."""
+        tokens, mask = np.asarray(tokens, dtype=np.int64), np.asarray(mask, dtype=bool)
+        rows = [row[valid] for row, valid in zip(tokens, mask)]
+        for row in rows:
+            key = row.tobytes()
+            if key not in self._text_cache:
+                out = self.text_encoder.run([TEXT_ENCODER_OUTPUT], {
+                    ENCODER_INPUT_TOKENS: row[None], ENCODER_INPUT_MASK: np.ones((1, len(row)), dtype=bool)})[0]
+                self._text_cache[key] = out[0]  # (T_row, F)
+        found = [self._text_cache[row.tobytes()] for row in rows]
+        length = max(f.shape[0] for f in found)
+        features = np.zeros((len(found), length, found[0].shape[1]), dtype=np.float32)  # (B, T, F)
+        text_mask = np.zeros((len(found), length), dtype=bool)  # (B, T)
+        for i, f in enumerate(found):
+            features[i, : f.shape[0]] = f
+            text_mask[i, : f.shape[0]] = True
+        return features, text_mask
+
     def encode(self, images: Mapping[str, np.ndarray], state: np.ndarray, tokens: np.ndarray,
                mask: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """images {camera: float32 (B, 3, S, S)}, state (B, S_dim), tokens int64 (B, L), mask bool
         (B, L) -> cond (B, Nc, D), cond_encoded (None for the regression head)."""
         feeds = {image_input_name(c): np.asarray(images[c], dtype=np.float32) for c in self.camera_names}
         feeds[ENCODER_INPUT_STATE] = np.asarray(state, dtype=np.float32)
-        feeds[ENCODER_INPUT_TOKENS] = np.asarray(tokens, dtype=np.int64)
-        feeds[ENCODER_INPUT_MASK] = np.asarray(mask, dtype=bool)
+        if self.text_encoder is not None:
+            feeds[ENCODER_INPUT_TEXT_FEATURES], feeds[ENCODER_INPUT_TEXT_MASK] = self.text_features(tokens, mask)
+        else:
+            feeds[ENCODER_INPUT_TOKENS] = np.asarray(tokens, dtype=np.int64)
+            feeds[ENCODER_INPUT_MASK] = np.asarray(mask, dtype=bool)
         if self.kind == "regression":
             return self.encoder.run([ENCODER_OUTPUTS[0]], feeds)[0], None
         cond, cond_encoded = self.encoder.run(list(ENCODER_OUTPUTS), feeds)
@@ -429,6 +476,11 @@ class OnnxPolicy:
         task = obs.get(TASK)
         if not isinstance(task, str) or not task.strip():
             raise ValueError(f"{TASK!r}: got {task!r}; expected a non-blank instruction string")
+        length = self.tokenizer.count_tokens(task)
+        if length > self.tokenizer.max_length:  # as VLAPolicy: refuse, do not act on a cut instruction
+            raise ValueError(f"{TASK!r}: the instruction is {length} tokens long; this model reads at "
+                             f"most {self.tokenizer.max_length} (special tokens included); expected a "
+                             "shorter instruction")
         tokens, mask = self.tokenizer([task])
         return {"images": images, "state": state.astype(np.float32)[None], "tokens": tokens, "mask": mask}
 

@@ -122,16 +122,24 @@ class ScratchLanguageBackbone(LanguageBackbone):
                 f"instruction has {tokens.shape[1]} tokens, more than the text encoder's max_length="
                 f"{self.text_encoder.config.max_length}; tokenize with model.tokenizer")
         features, feature_mask = self.text_encoder.features(tokens, mask)  # (B, T, F), (B, T), cached
+        return self.project_text_features(features.to(mask.device), feature_mask.to(mask.device))
+
+    def project_text_features(self, features: torch.Tensor,
+                              feature_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen encoder's output -> text tokens: features (B, T, F), feature_mask (B, T)
+        -> text (B, T', D), text_mask (B, T') with T' = num_tokens (pooled, T = 1) or T (tokens)."""
+        if self.text_encoder is None:
+            raise ValueError("this language backbone reads token ids; it has no text encoder "
+                             "whose features it could take (ScratchLanguageConfig.text_encoder)")
         weight = self.text_projection[1].weight
-        features = features.to(device=weight.device, dtype=weight.dtype)
-        feature_mask = feature_mask.to(mask.device)
+        features = features.to(dtype=weight.dtype)
         b, t, _ = features.shape
         text = self.text_projection(features)  # (B, T, n_out * D)
         # pooled: (B, 1, num_tokens * D) -> (B, num_tokens, D); tokens: (B, L, D) as is.
         text = text.reshape(b, -1, self.hidden_size)
         if text.shape[1] != t:
-            feature_mask = feature_mask.expand(b, text.shape[1])  # every pooled token is valid
-        return text + self.text_positions[: text.shape[1]], feature_mask
+            feature_mask = feature_mask[:, :1].expand(b, text.shape[1])  # every pooled token is valid
+        return text + self.text_positions[: text.shape[1]], feature_mask.bool()
 
     def run_layer(self, index, x, key_mask, position_ids, ctx):
         return self.layers[index](x, key_mask[:, None, None, :])  # bool mask (B, 1, 1, n)

@@ -25,6 +25,8 @@ from vla.features import (
     ACTION,
     ACTION_IS_PAD,
     OBS_LANGUAGE_ATTENTION_MASK,
+    OBS_LANGUAGE_FEATURES,
+    OBS_LANGUAGE_FEATURES_MASK,
     OBS_LANGUAGE_TOKENS,
     OBS_STATE,
     image_key,
@@ -129,9 +131,12 @@ class VLAModel(nn.Module):
         Returns x (B, N, D) = [text | visual | proprio | readout], key_mask (B, N) bool (False
         only at padded text), the slice of the visual tokens, and the text length L.
         """
-        images, state, tokens, text_mask = self._check_batch(batch)
-        b = tokens.shape[0]
-        text, text_mask = self.language.embed_text(tokens, text_mask)  # (B, T, D), (B, T)
+        images, state, text_in, text_mask = self._check_batch(batch)
+        b = state.shape[0]
+        if OBS_LANGUAGE_FEATURES in batch:  # the text encoder's output, computed elsewhere
+            text, text_mask = self.language.project_text_features(text_in, text_mask)  # (B, T, D), (B, T)
+        else:
+            text, text_mask = self.language.embed_text(text_in, text_mask)  # (B, T, D), (B, T)
         patches = self.vision(images)  # (B, C, P, D)
         if self.aggregator is not None:
             instruction = masked_mean(text, text_mask)  # (B, D) pooled instruction embedding
@@ -197,18 +202,24 @@ class VLAModel(nn.Module):
             if image.dim() != 4 or tuple(image.shape[1:]) != (3, s, s) or not image.is_floating_point():
                 raise ValueError(f"batch[{key!r}] is {image.dtype} {tuple(image.shape)}; expected float (B, 3, {s}, {s}) in [0, 1]")
             images.append(image)
-        for key in (OBS_STATE, OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK):
+        features = OBS_LANGUAGE_FEATURES in batch
+        text_key, mask_key = ((OBS_LANGUAGE_FEATURES, OBS_LANGUAGE_FEATURES_MASK) if features
+                              else (OBS_LANGUAGE_TOKENS, OBS_LANGUAGE_ATTENTION_MASK))
+        for key in (OBS_STATE, text_key, mask_key):
             if key not in batch:
                 hint = " (tokenize the instructions with model.tokenizer)" if "language" in key else ""
                 raise KeyError(f"batch has no {key!r}{hint}; keys: {sorted(batch)}")
-        state, tokens, mask = batch[OBS_STATE], batch[OBS_LANGUAGE_TOKENS], batch[OBS_LANGUAGE_ATTENTION_MASK]
+        state, tokens, mask = batch[OBS_STATE], batch[text_key], batch[mask_key]
         b = images[0].shape[0]
         if tuple(state.shape) != (b, config.state_dim):
             raise ValueError(f"batch[{OBS_STATE!r}] has shape {tuple(state.shape)}; expected ({b}, {config.state_dim})")
-        if tokens.dim() != 2 or tokens.shape[0] != b or tokens.dtype != torch.long:
-            raise ValueError(f"batch[{OBS_LANGUAGE_TOKENS!r}] is {tokens.dtype} {tuple(tokens.shape)}; expected int64 ({b}, L)")
-        if tuple(mask.shape) != tuple(tokens.shape):
-            raise ValueError(f"batch[{OBS_LANGUAGE_ATTENTION_MASK!r}] has shape {tuple(mask.shape)}; expected {tuple(tokens.shape)}")
+        if features:
+            if tokens.dim() != 3 or tokens.shape[0] != b or not tokens.is_floating_point():
+                raise ValueError(f"batch[{text_key!r}] is {tokens.dtype} {tuple(tokens.shape)}; expected float ({b}, T, F)")
+        elif tokens.dim() != 2 or tokens.shape[0] != b or tokens.dtype != torch.long:
+            raise ValueError(f"batch[{text_key!r}] is {tokens.dtype} {tuple(tokens.shape)}; expected int64 ({b}, L)")
+        if tuple(mask.shape) != tuple(tokens.shape[:2]):
+            raise ValueError(f"batch[{mask_key!r}] has shape {tuple(mask.shape)}; expected {tuple(tokens.shape[:2])}")
         if any(image.shape[0] != b for image in images):
             raise ValueError(f"camera images have different batch sizes: {[tuple(i.shape) for i in images]}")
         return torch.stack(images, dim=1), state.float(), tokens, mask.bool()  # images (B, C, 3, S, S)

@@ -127,6 +127,18 @@ class FrozenTextEncoder:
             out_mask[row, : feature.shape[0]] = True
         return out, out_mask
 
+    def encode(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The encoder itself, uncached and traceable (the exported text encoder graph):
+        ids (M, L) int64, valid (M, L) bool -> (M, 1, F) pooled or (M, L, F) token states."""
+        states = self.model(input_ids=ids, attention_mask=valid.long()).last_hidden_state.float()  # (M, L, F)
+        if self.config.output == "tokens":
+            return states * valid.unsqueeze(-1).to(states.dtype)  # padded positions zeroed
+        # Mean over the instruction's tokens, then unit length: the sentence embedding
+        # all-MiniLM-L6-v2 and its kind are trained to make paraphrases close in.
+        weights = valid.unsqueeze(-1).to(states.dtype)  # (M, L, 1)
+        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (M, F)
+        return torch.nn.functional.normalize(pooled, dim=-1).unsqueeze(1)  # (M, 1, F)
+
     @torch.no_grad()
     def _encode_into_cache(self, missing: list[tuple[bytes, list[int]]]) -> None:
         self.cache_misses += len(missing)
@@ -137,14 +149,7 @@ class FrozenTextEncoder:
         for row, (_, seq) in enumerate(missing):
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
             valid[row, : len(seq)] = True
-        states = self.model(input_ids=ids, attention_mask=valid.long()).last_hidden_state  # (M, L, F)
-        states = states.float()
+        features = self.encode(ids, valid)  # (M, T, F)
         for row, (key, seq) in enumerate(missing):
-            if self.config.output == "pooled":
-                # Mean over the instruction's tokens, then unit length: the sentence embedding
-                # all-MiniLM-L6-v2 and its kind are trained to make paraphrases close in.
-                pooled = states[row, : len(seq)].mean(0)  # (F,)
-                feature = torch.nn.functional.normalize(pooled, dim=0).unsqueeze(0)  # (1, F)
-            else:
-                feature = states[row, : len(seq)].clone()  # (L_row, F)
-            self._cache[key] = feature
+            rows = 1 if self.config.output == "pooled" else len(seq)
+            self._cache[key] = features[row, :rows].clone()  # (1, F) or (L_row, F)

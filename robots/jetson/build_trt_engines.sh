@@ -9,7 +9,8 @@
 #   --batch N         optimise for batch N and accept 1..N (default 1: one robot, one observation)
 #   --workspace-mib   builder workspace (default 2048)
 #
-# Writes EXPORT_DIR/trt/{encoder,denoiser_step|head}.engine and one build log per engine.
+# Writes EXPORT_DIR/trt/{[text_encoder,]encoder,denoiser_step|head}.engine and one build log per
+# engine (text_encoder only for models whose instruction a frozen text encoder reads).
 # The shapes come from EXPORT_DIR/export_meta.json (cameras, image size, chunk, text length).
 # Not run in this repository's CI: TensorRT is not available there (no NVIDIA GPU).
 set -euo pipefail
@@ -47,11 +48,20 @@ s, h, a = m["image_size"], m["chunk_size"], m["action_dim"]
 lo, hi = meta["dynamic_shapes"]["text_length"]
 opt_len = min(hi, max(lo, 16))
 nc, d = m["num_cond_tokens"], m["cond_dim"]
+te = meta.get("text_encoder")  # a frozen text encoder: its own graph, features into the encoder
 def shapes(bb, ll):
-    parts = [f"state:{bb}x{m['state_dim']}", f"tokens:{bb}x{ll}", f"attention_mask:{bb}x{ll}"]
+    if te is None:
+        parts = [f"state:{bb}x{m['state_dim']}", f"tokens:{bb}x{ll}", f"attention_mask:{bb}x{ll}"]
+    else:
+        tt = 1 if te["output"] == "pooled" else ll
+        parts = [f"state:{bb}x{m['state_dim']}", f"text_features:{bb}x{tt}x{te['feature_dim']}",
+                 f"text_mask:{bb}x{tt}"]
     parts += [f"image_{c}:{bb}x3x{s}x{s}" for c in m["camera_names"]]
     return ",".join(parts)
 print(f"ENC_MIN='{shapes(1, lo)}'"); print(f"ENC_OPT='{shapes(b, opt_len)}'"); print(f"ENC_MAX='{shapes(b, hi)}'")
+print(f"TEXT_ENCODER='{'yes' if te else ''}'")
+print(f"TXT_MIN='tokens:1x{lo},attention_mask:1x{lo}'"); print(f"TXT_OPT='tokens:1x{opt_len},attention_mask:1x{opt_len}'")
+print(f"TXT_MAX='tokens:{b}x{hi},attention_mask:{b}x{hi}'")
 print(f"KIND='{meta['sampler']['kind']}'")
 print(f"HEAD_MIN='cond:1x{nc}x{d}'"); print(f"HEAD_MAX='cond:{b}x{nc}x{d}'")
 ce = "x".join(str(v) for v in (m.get("cond_encoded_shape") or []))  # per sample, e.g. 4x128
@@ -67,6 +77,9 @@ build() {  # name, extra trtexec args...
     --memPoolSize=workspace:"$WORKSPACE" "$@" 2>&1 | tee "$DIR/trt/$name.build.log" | tail -n 5
 }
 
+if [[ -n "$TEXT_ENCODER" ]]; then
+  build text_encoder --minShapes="$TXT_MIN" --optShapes="$TXT_OPT" --maxShapes="$TXT_MAX"
+fi
 build encoder --minShapes="$ENC_MIN" --optShapes="$ENC_OPT" --maxShapes="$ENC_MAX"
 if [[ "$KIND" == "regression" ]]; then
   build head --minShapes="$HEAD_MIN" --optShapes="$HEAD_MAX" --maxShapes="$HEAD_MAX"

@@ -240,6 +240,9 @@ def test_scratch_tokenizer_matches_vla(kind):
     np.testing.assert_array_equal(tokens, expected[OBS_LANGUAGE_TOKENS].numpy())
     np.testing.assert_array_equal(mask, expected[OBS_LANGUAGE_ATTENTION_MASK].numpy())
     assert tokens.dtype == np.int64 and mask.dtype == bool
+    # The untruncated count that both policies check before acting on an instruction.
+    assert [ours.count_tokens(t) for t in texts] == [reference.count_tokens(t) for t in texts]
+    assert ours.count_tokens(texts[3]) > 12
 
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 48), (17, 90), (8, 8)])
@@ -350,6 +353,42 @@ def test_trt_script_is_valid_bash_and_reads_the_meta(tiny_export, tmp_path):
     assert "--maxShapes=state:2x8,tokens:2x24,attention_mask:2x24,image_agentview:2x3x32x32" in calls[0]
     assert "--minShapes=x_t:1x4x7,t:1,cond_encoded:1x2x32" in calls[1]
     assert f"--saveEngine={work}/trt/denoiser_step.engine" in calls[1]
+
+
+def test_frozen_text_encoder_exports_as_its_own_graph_run_once_per_instruction(tiny_bert_dir, tmp_path):
+    """A model whose instruction a frozen encoder reads: text_encoder.onnx (run once per
+    instruction by the runtime, then cached) feeds the encoder graph's text_features."""
+    import dataclasses
+
+    from vla.config import FrozenTextEncoderConfig
+
+    from vla import presets
+
+    base = presets.get("tiny")
+    encoder = FrozenTextEncoderConfig(path=tiny_bert_dir, max_length=16)
+    checkpoint = make_checkpoint(tmp_path / "ckpt", language=dataclasses.replace(base.language, text_encoder=encoder))
+    out = tmp_path / "onnx"
+    report = ex.export_policy(checkpoint, out, ex.ExportOptions(), log=lambda line: None)
+    assert (out / "text_encoder.onnx").is_file() and report["passed"], report
+    assert "text_features" in report["parts"] and report["parts"]["text_features"] < 1e-4
+    meta = json.loads((out / rt.META_FILE).read_text())
+    assert meta["io"]["encoder_inputs"][:3] == ["state", "text_features", "text_mask"]
+    assert meta["text_encoder"]["output"] == "pooled" and meta["text_encoder"]["feature_dim"] == 32
+    policy = rt.OnnxPolicy(out, seed=0)
+    config = presets.get("tiny")
+    for seed in range(3):
+        policy.infer(raw_observation(config, (32, 32), seed))
+    policy.infer(raw_observation(config, (32, 32), 3, task="open the drawer"))
+    assert len(policy.model._text_cache) == 2  # two instructions, two encoder runs
+    fake = tmp_path / "trtexec"
+    fake.write_text('#!/usr/bin/env bash\necho "$@" >> "$(dirname "$0")/calls.txt"\n')
+    fake.chmod(0o755)
+    result = subprocess.run(["bash", str(out / "build_trt_engines.sh"), str(out)], capture_output=True, text=True,
+                            env={**os.environ, "TRTEXEC": str(fake), "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert f"--onnx={out}/text_encoder.onnx" in calls[0] and "tokens:1x16" in calls[0]
+    assert "text_features:1x1x32,text_mask:1x1" in calls[1]
 
 
 @pytest.mark.skipif(not PY310.exists(), reason="no Python 3.10 interpreter (pyenv) on this machine")

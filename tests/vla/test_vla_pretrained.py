@@ -22,15 +22,8 @@ STATS = {
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
-    config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4,
-                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(path)
-    return str(path)
+def bert_dir(tiny_bert_dir):
+    return tiny_bert_dir
 
 
 @pytest.fixture(scope="module")
