@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli", "Train a VLA policy on a LeRobot dataset."),
     "eval": ("training.cli", "Evaluate a policy on LIBERO with the standard protocol."),
     "demo": ("training.cli", "End to end: collect demos, train, evaluate, print the table."),
+    "eval-table": ("training.language_table", "Evaluation runs side by side (the language table)."),
     "serve": ("robots.serve_cli", "Serve a policy over websockets (openpi wire protocol)."),
     "export": ("robots.export", "Export a policy to ONNX with a parity check."),
     "bench": ("benchmarks.cli", "Benchmarks: model speed, simulation speed, training, serving."),

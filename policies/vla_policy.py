@@ -52,6 +52,8 @@ class VLAPolicy:
     seed: see the module docstring.
     allow_blank_instruction: accept an empty "task" (the evaluation's "blank" condition); by
     default an empty, non-str or too-long instruction is refused with an ObservationError.
+    token_budget: stage-2 routing keep budget in (0, 1] (`VLAModel.set_token_budget`); None keeps
+    the model's default (its configured floor).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class VLAPolicy:
         num_steps: int | None = None,
         seed: int | None = None,
         allow_blank_instruction: bool = False,
+        token_budget: float | None = None,
     ) -> None:
         if num_steps is not None and (
             isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1
@@ -71,6 +74,8 @@ class VLAPolicy:
             raise ValueError(f"seed={seed!r}: expected an int or None")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if token_budget is not None:
+            self.model.set_token_budget(token_budget)  # validated there (0 < budget <= 1)
         self.num_steps = num_steps
         self.seed = seed
         config = model.config
@@ -100,13 +105,19 @@ class VLAPolicy:
         num_steps: int | None = None,
         seed: int | None = None,
         allow_blank_instruction: bool = False,
+        token_budget: float | None = None,
     ) -> VLAPolicy:
         """Load a checkpoint directory written by `VLAModel.save_pretrained` / `VLAPolicy.save`."""
         from vla import VLAModel
 
         model = VLAModel.from_pretrained(directory, map_location=device)
         return cls(model, device=device, num_steps=num_steps, seed=seed,
-                   allow_blank_instruction=allow_blank_instruction)
+                   allow_blank_instruction=allow_blank_instruction, token_budget=token_budget)
+
+    @property
+    def token_budget(self) -> float:
+        """The stage-2 routing budget the model runs at (1.0 when it has no stage 2)."""
+        return self.model.token_budget
 
     def observation_spec(self):
         """The raw-observation check this policy applies (blank instructions as configured)."""

@@ -1,7 +1,7 @@
 """`vla serve`: serve a policy checkpoint over websockets (openpi wire protocol, robots/server.py).
 
     vla serve --policy outputs/ckpt [--host 127.0.0.1] [--port 8000] [--token T]
-              [--max-message-bytes N] [--n-action-steps N] [--device cpu]
+              [--max-message-bytes N] [--n-action-steps N] [--device cpu] [--token-budget B]
 
 Binds to loopback unless told otherwise. The token can also come from the environment variable
 VLA_SERVE_TOKEN (a command line is visible to every user of the machine in `ps`).
@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-action-steps", type=int, default=None,
                         help="reply with only the first N actions of each chunk (default: whole chunk)")
     parser.add_argument("--device", default="cpu", help="torch device for the policy (cpu, cuda, cuda:1)")
+    parser.add_argument("--token-budget", type=float, default=None, metavar="B",
+                        help="stage-2 routing keep budget in (0, 1] (default: the checkpoint's floor); "
+                             "sent to clients in the metadata")
     parser.set_defaults(func=run)
 
 
@@ -58,10 +61,18 @@ def run(args: argparse.Namespace) -> int:
             f"this port can drive the policy (set --token or ${TOKEN_ENV})",
             file=sys.stderr,
         )
+    if args.token_budget is not None and not 0.0 < args.token_budget <= 1.0:
+        print(f"vla serve: error: --token-budget {args.token_budget}: expected a number in (0, 1]",
+              file=sys.stderr)
+        return 2
     from policies.vla_policy import VLAPolicy  # heavy (torch): only once the arguments are sane
 
-    policy = VLAPolicy.from_checkpoint(args.policy, device=args.device)
-    server = PolicyServer(policy, config)
+    try:
+        policy = VLAPolicy.from_checkpoint(args.policy, device=args.device, token_budget=args.token_budget)
+    except ValueError as error:  # a checkpoint without stage 2 given a budget, a bad checkpoint
+        print(f"vla serve: error: {error}", file=sys.stderr)
+        return 2
+    server = PolicyServer(policy, config, metadata={"token_budget": policy.token_budget})
     try:
         asyncio.run(server.serve_forever())
     except KeyboardInterrupt:

@@ -140,6 +140,8 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--temporal-ensemble", type=float, default=None, metavar="COEFF",
                         help="ACT-style temporal ensembling with this coefficient (re-plans every step)")
     parser.add_argument("--num-steps", type=int, default=None, help="denoising steps")
+    parser.add_argument("--token-budget", type=float, default=None, metavar="B",
+                        help="stage-2 routing keep budget in (0, 1] (default: the checkpoint's floor)")
     parser.add_argument("--instructions", default=None, metavar="FILE",
                         help="JSON file mapping task id to rewritten instructions; each episode "
                              "is given one (implies --instruction-mode rewrites)")
@@ -192,6 +194,8 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         task_ids = parse_task_ids(args.tasks, args.suite)
         mode, rewrites = instruction_condition(args, task_ids)
+        if args.token_budget is not None and not 0.0 < args.token_budget <= 1.0:
+            raise ValueError(f"--token-budget {args.token_budget}: expected a number in (0, 1]")
         if args.policy == "expert":
             spec, image_size, renderer = ExpertPolicySpec(), args.image_size or 128, args.renderer
         elif args.policy == "random":
@@ -202,7 +206,8 @@ def run_eval(args: argparse.Namespace) -> int:
             spec = CheckpointPolicySpec(args.policy, num_steps=args.num_steps,
                                         temporal_ensemble_coeff=args.temporal_ensemble,
                                         n_action_steps=1 if args.temporal_ensemble else None,
-                                        allow_blank_instruction=mode == "blank")
+                                        allow_blank_instruction=mode == "blank",
+                                        token_budget=args.token_budget)
             image_size = args.image_size or settings["image_size"]
             renderer = args.renderer or settings["renderer"]
         protocol = EvalProtocol(

@@ -33,12 +33,14 @@ class CheckpointPolicySpec:
     temporal_ensemble_coeff: float | None = None
     n_action_steps: int | None = None  # only used with temporal ensembling
     allow_blank_instruction: bool = False  # the "blank" language condition
+    token_budget: float | None = None  # stage-2 routing budget; None: the checkpoint's default
 
     def build(self, env: Any) -> Any:
         from policies import ActionChunkingPolicy, VLAPolicy
 
         policy = VLAPolicy.from_checkpoint(self.path, num_steps=self.num_steps,
-                                           allow_blank_instruction=self.allow_blank_instruction)
+                                           allow_blank_instruction=self.allow_blank_instruction,
+                                           token_budget=self.token_budget)
         if self.temporal_ensemble_coeff is not None:
             policy = ActionChunkingPolicy(
                 policy,
@@ -61,6 +63,7 @@ class CheckpointPolicySpec:
             "weights_sha256": _file_sha256(Path(self.path) / "model.safetensors"),
             "num_steps": self.num_steps,
             "temporal_ensemble_coeff": self.temporal_ensemble_coeff,
+            "token_budget": self.token_budget,  # None: the checkpoint's configured floor
         }
         if self.allow_blank_instruction:  # only then: journals of earlier runs stay resumable
             description["allow_blank_instruction"] = True

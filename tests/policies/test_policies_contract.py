@@ -305,3 +305,16 @@ def test_vla_policy_accepts_a_blank_instruction_only_when_told(checkpoint):
     with pytest.raises(ObservationError, match="tokens long; this model reads at most 24"):
         blank.infer({**obs, "task": "put the bowl on the plate " * 20})
 
+
+
+def test_vla_policy_runs_at_the_token_budget_it_is_given(checkpoint):
+    directory, config = checkpoint
+    default = VLAPolicy.from_checkpoint(directory, num_steps=NUM_STEPS, seed=0)
+    assert default.token_budget == config.routing.pruning.floor
+    half = VLAPolicy.from_checkpoint(directory, num_steps=NUM_STEPS, seed=0, token_budget=0.5)
+    assert half.token_budget == 0.5 and half.model.token_budget == 0.5
+    obs = make_obs(config, 0)
+    # At another budget another set of visual tokens is kept, so the chunk differs.
+    assert not np.array_equal(half.infer(obs)["actions"], default.infer(obs)["actions"])
+    with pytest.raises(ValueError, match="budget = 1.5"):
+        VLAPolicy.from_checkpoint(directory, token_budget=1.5)

@@ -257,20 +257,19 @@ def test_runtime_drives_a_remote_policy_through_the_safety_filter(server) -> Non
     assert moved and all(np.all(np.abs(a) <= 1.0) for a in arm.sent)
 
 
+def _unit_stats(dim: int) -> dict:
+    low, high = -np.ones(dim, np.float32), np.ones(dim, np.float32)
+    return {"mean": 0 * low, "std": high, "min": low, "max": high, "q01": low, "q99": high}
+
+
 def test_tiny_vla_policy_is_served_end_to_end(tmp_path) -> None:
-    """The real tiny VLA policy behind the server (skipped until policies.VLAPolicy exists)."""
-    policies = pytest.importorskip("policies")
-    if not hasattr(policies, "VLAPolicy"):
-        pytest.skip("policies.VLAPolicy is not available yet")
+    """The real tiny VLA policy behind the server."""
+    import policies
     from vla import VLAModel, presets
 
     config = presets.get("tiny")
-
-    def stats(dim: int) -> dict:
-        low, high = -np.ones(dim, np.float32), np.ones(dim, np.float32)
-        return {"mean": 0 * low, "std": high, "min": low, "max": high, "q01": low, "q99": high}
-
-    model = VLAModel(config, stats={"observation.state": stats(config.state_dim), "action": stats(config.action_dim)})
+    model = VLAModel(config, stats={"observation.state": _unit_stats(config.state_dim),
+                                    "action": _unit_stats(config.action_dim)})
     model.save_pretrained(tmp_path / "ckpt")
     policy = policies.VLAPolicy.from_checkpoint(tmp_path / "ckpt")
     srv = PolicyServer(policy, ServerConfig(port=0)).run_in_thread(timeout_s=60)
@@ -283,6 +282,39 @@ def test_tiny_vla_policy_is_served_end_to_end(tmp_path) -> None:
         with PolicyClient(port=srv.port, request_timeout_s=60) as client:
             actions = client.infer(obs)["actions"]
         assert actions.ndim == 2 and np.all(np.isfinite(actions))
+    finally:
+        srv.stop()
+
+
+def test_served_text_encoder_runs_once_per_instruction_across_clients(tmp_path, tiny_bert_dir) -> None:
+    """A policy whose instruction a frozen encoder reads: two clients sending the same
+    instruction cost one encoder run between them; a too-long instruction is an error reply
+    naming 'task', and the connection stays usable."""
+    import dataclasses
+
+    from policies import VLAPolicy
+    from vla import VLAModel, presets
+    from vla.config import FrozenTextEncoderConfig
+
+    base = presets.get("tiny")
+    config = dataclasses.replace(base, language=dataclasses.replace(
+        base.language, text_encoder=FrozenTextEncoderConfig(path=tiny_bert_dir, max_length=16)))
+    model = VLAModel(config, stats={"observation.state": _unit_stats(8), "action": _unit_stats(7)})
+    policy = VLAPolicy(model, seed=0)
+    encoder = model.language.text_encoder
+    srv = PolicyServer(policy, ServerConfig(port=0)).run_in_thread(timeout_s=60)
+    try:
+        obs = {f"observation.images.{c}": np.zeros((32, 32, 3), np.uint8) for c in config.camera_names}
+        obs.update({"observation.state": np.zeros(8, np.float32), "task": "pick up the bowl"})
+        for _ in range(2):
+            with PolicyClient(port=srv.port, request_timeout_s=60) as client:
+                for _ in range(3):
+                    assert np.all(np.isfinite(client.infer(obs)["actions"]))
+        assert encoder.cache_misses == 1
+        with PolicyClient(port=srv.port, request_timeout_s=60) as client:
+            with pytest.raises(ServerError, match="'task'.*tokens long"):
+                client.infer({**obs, "task": "pick up the bowl " * 10})
+            assert client.infer(obs)["actions"].shape == (config.chunk_size, 7)
     finally:
         srv.stop()
 

@@ -168,3 +168,62 @@ def test_runner_gives_the_condition_s_instruction_and_checks_the_named_goal():
         assert original.named_success is None and original.variant == "original"
     finally:
         env.close()
+
+
+def test_eval_table_pairs_runs_on_the_same_starts(tmp_path, capsys):
+    import dataclasses
+
+    import vla_cli
+
+    def record(results, mode):
+        return {"protocol": {"instruction_mode": mode}, "episodes": [dataclasses.asdict(r) for r in results]}
+
+    original = record([_result(t, k, k < 9, "original") for t in range(2) for k in range(50)], "original")
+    rewrites = record([_result(t, k, k % 2 == 0, "phrasing" if k % 2 == 0 else "synonym") for t in range(2)
+                       for k in range(10)], "rewrites")
+    swapped = record([_result(t, k, False, "swapped", named=k < 3) for t in range(2) for k in range(10)], "swapped")
+    paths = {}
+    for name, data in (("original", original), ("rewrites", rewrites), ("swapped", swapped)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    out = tmp_path / "table.md"
+    code = vla_cli.main(["eval-table", *(f"{k}={v}" for k, v in paths.items()), "--episodes-per-task", "10",
+                         "--out", str(out)])
+    assert code == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    by = {(r["label"], r["kind"]): r for r in rows}
+    assert (by["original", "all"]["successes"], by["original", "all"]["episodes"]) == (18, 20)  # episodes 0-9 only
+    assert (by["rewrites", "phrasing"]["successes"], by["rewrites", "synonym"]["successes"]) == (10, 0)
+    assert (by["swapped", "all"]["named"]["successes"], by["swapped", "all"]["named"]["episodes"]) == (6, 20)
+    assert "| swapped | swapped | all | 0/20 = 0% (0-16%) | 6/20 = 30% (15-52%) |" in out.read_text()
+    assert vla_cli.main(["eval-table", "nolabel"]) == 2
+    assert "expected LABEL=PATH" in capsys.readouterr().err
+
+
+@pytest.mark.sim
+def test_vla_eval_blank_mode_and_token_budget_on_a_checkpoint(tmp_path):
+    """`vla eval` on a (tiny, untrained) checkpoint: the blank condition reaches the policy as an
+    explicitly allowed empty instruction, and the token budget is applied and recorded."""
+    import torch
+
+    import vla_cli
+    from vla import VLAModel, presets
+
+    config = presets.get("tiny")
+    unit = {"q01": [-1.0] * 8, "q99": [1.0] * 8}
+    torch.manual_seed(0)
+    VLAModel(config, {"observation.state": unit, "action": {"q01": [-1.0] * 7, "q99": [1.0] * 7}}
+             ).save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "eval"
+    code = vla_cli.main(["eval", "--policy", str(tmp_path / "ckpt"), "--suite", "libero_object",
+                         "--tasks", "0", "--episodes-per-task", "1", "--workers", "0", "--max-steps", "2",
+                         "--instruction-mode", "blank", "--token-budget", "0.5", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["policy"]["token_budget"] == 0.5 and results["policy"]["allow_blank_instruction"]
+    assert results["protocol"]["instruction_mode"] == "blank"
+    episode = results["episodes"][0]
+    assert episode["error"] is None and episode["instruction"] == "" and episode["kind"] == "blank"
+    assert episode["steps"] == 2
+    assert vla_cli.main(["eval", "--policy", str(tmp_path / "ckpt"), "--suite", "libero_object",
+                         "--token-budget", "0", "--out", str(out)]) == 2
