@@ -174,3 +174,24 @@ def test_language_summary_is_each_encoder_step_over_the_words_step():
                {"language": "encoder_pooled", "step_ms_median": 21.0}]
     assert language_summary(records) == {"language_step_ratio_encoder_pooled_vs_words": 1.05}
     assert language_summary([]) == {}
+
+
+def test_routing_summary_is_at_the_default_budget_and_never_counts_budget_one_as_stage_two():
+    from benchmarks.model_speed import routing_summary
+
+    def row(routing, budget, latency, backbone, flops):
+        return {"table": "routing", "routing": routing, "budget": budget, "latency_ms_median": latency,
+                "backbone_ms_median": backbone, "flops": flops}
+
+    records = [row("off", 1.0, 300.0, 100.0, 9e9), row("stage1", 1.0, 150.0, 40.0, 4e9),
+               # budget 1.0 is the fastest row here, but it prunes nothing: never a headline
+               row("stage1+2", 1.0, 100.0, 20.0, 3e9), row("stage1+2", 0.15, 120.0, 32.0, 3.5e9),
+               row("stage1+2", 0.05, 110.0, 25.0, 3.2e9),
+               {"table": "head", "routing": "stage1+2", "budget": 0.15, "latency_ms_median": 1.0,
+                "backbone_ms_median": 1.0, "flops": 1}]
+    summary = routing_summary(records, 0.15)
+    assert summary["routing_speedup"] == 2.5 and summary["stage2_speedup"] == 1.25
+    assert summary["stage1_speedup"] == 2.5 and summary["default_budget"] == 0.15
+    assert summary["routing_flops_ratio"] == round(9 / 3.5, 3)
+    assert [b["budget"] for b in summary["by_budget"]] == [0.15, 0.05]
+    assert "routing_speedup" not in routing_summary(records, 0.3)  # default not measured: no headline
