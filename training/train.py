@@ -372,6 +372,8 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
     rank = accelerator.process_index
     for batch in loader:
         torch.manual_seed(_derived_seed(train_config.seed, step, rank))
+        # The routing budget of this step: from (seed, step) only, the same on every process.
+        raw_model.seed_training_budget(_derived_seed(train_config.seed, step, 2**30))
         generator = torch.Generator().manual_seed(_derived_seed(train_config.seed, step, rank, 1))
         batch = augment_batch(batch, train_config.augment, generator)
         local = len(batch[TASK])  # this process's share of the global batch

@@ -16,7 +16,8 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, N, D); attn_mask bool (B, 1, N or 1, N), True = may attend -> (B, N, D)."""
+        """x (B, N, D); attn_mask (B, 1, N or 1, N), bool (True = may attend) or float (added to
+        the attention logits: 0 / a bias where allowed, a large negative elsewhere) -> (B, N, D)."""
         b, n, d = x.shape
         # (B, N, 3D) -> (3, B, heads, N, D/heads): one matmul for q, k and v.
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)

@@ -8,7 +8,10 @@ exposes the same small interface:
                                                      instruction tokens (T = L, except behind a
                                                      pooled frozen text encoder)
     rotary(x (B, N, D), position_ids (B, N)) -> ctx  per-sequence context (rotary cos/sin or None)
-    run_layer(i, x (B, n, D), key_mask (B, n), position_ids (B, n), ctx) -> (B, n, D)
+    run_layer(i, x (B, n, D), key_mask (B, n), position_ids (B, n), ctx, key_bias=None)
+                                                  -> (B, n, D); key_bias (B, n) float, added
+                                                  to every query's attention logit of key j
+                                                  (stage-2 routing's gradient path)
     final_norm(x) -> x
     hidden_size, num_layers, is_causal, tokenizer
 
@@ -51,24 +54,28 @@ class LanguageBackbone(nn.Module):
         return None
 
     def run_layer(self, index: int, x: torch.Tensor, key_mask: torch.Tensor,
-                  position_ids: torch.Tensor, ctx: Any) -> torch.Tensor:
+                  position_ids: torch.Tensor, ctx: Any,
+                  key_bias: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def additive_mask(self, key_mask: torch.Tensor, position_ids: torch.Tensor,
-                      dtype: torch.dtype) -> torch.Tensor:
-        """Float mask for ``transformers`` layers: 0 where attention is allowed, dtype-min elsewhere.
+                      dtype: torch.dtype, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Float mask for attention: 0 (or ``key_bias``) where allowed, dtype-min elsewhere.
 
-        key_mask (B, n) bool, position_ids (B, n) -> (B, 1, 1, n) for encoders, (B, 1, n, n) for
-        causal decoders (query i may attend key j iff pos_j <= pos_i and key j is valid).
+        key_mask (B, n) bool, position_ids (B, n), key_bias (B, n) float or None -> (B, 1, 1, n)
+        for encoders, (B, 1, n, n) for causal decoders (query i may attend key j iff
+        pos_j <= pos_i and key j is valid).
         """
         allowed = key_mask[:, None, None, :]  # (B, 1, 1, n)
         if self.is_causal:
             causal = position_ids[:, None, :, None] >= position_ids[:, None, None, :]  # (B, 1, n, n)
             allowed = allowed & causal
         zero = torch.zeros((), dtype=dtype, device=key_mask.device)
+        if key_bias is not None:
+            zero = key_bias.to(dtype)[:, None, None, :]  # (B, 1, 1, n)
         return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
@@ -141,8 +148,10 @@ class ScratchLanguageBackbone(LanguageBackbone):
             feature_mask = feature_mask[:, :1].expand(b, text.shape[1])  # every pooled token is valid
         return text + self.text_positions[: text.shape[1]], feature_mask.bool()
 
-    def run_layer(self, index, x, key_mask, position_ids, ctx):
-        return self.layers[index](x, key_mask[:, None, None, :])  # bool mask (B, 1, 1, n)
+    def run_layer(self, index, x, key_mask, position_ids, ctx, key_bias=None):
+        if key_bias is None:
+            return self.layers[index](x, key_mask[:, None, None, :])  # bool mask (B, 1, 1, n)
+        return self.layers[index](x, self.additive_mask(key_mask, position_ids, x.dtype, key_bias))
 
     def final_norm(self, x):
         return self.norm(x)
@@ -168,8 +177,8 @@ class BertStyleBackbone(LanguageBackbone):
         # Word + absolute position + token-type embeddings, LayerNorm: (B, L) -> (B, L, D).
         return self.model.embeddings(input_ids=tokens), mask
 
-    def run_layer(self, index, x, key_mask, position_ids, ctx):
-        mask = self.additive_mask(key_mask, position_ids, x.dtype)
+    def run_layer(self, index, x, key_mask, position_ids, ctx, key_bias=None):
+        mask = self.additive_mask(key_mask, position_ids, x.dtype, key_bias)
         out = self.model.encoder.layer[index](x, attention_mask=mask)
         return out[0] if isinstance(out, tuple) else out
 
@@ -195,11 +204,11 @@ class RotaryDecoderBackbone(LanguageBackbone):
         # layers gather the rows of their kept tokens.
         return self.model.rotary_emb(x, position_ids)
 
-    def run_layer(self, index, x, key_mask, position_ids, ctx):
+    def run_layer(self, index, x, key_mask, position_ids, ctx, key_bias=None):
         cos, sin = ctx
         if cos.shape[1] != x.shape[1]:
             raise RuntimeError("rotary context must be gathered to the kept tokens")
-        mask = self.additive_mask(key_mask, position_ids, x.dtype)
+        mask = self.additive_mask(key_mask, position_ids, x.dtype, key_bias)
         out = self.model.layers[index](
             x, attention_mask=mask, position_ids=position_ids, position_embeddings=(cos, sin)
         )

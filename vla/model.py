@@ -81,6 +81,8 @@ class VLAModel(nn.Module):
             config.normalization, stats,
         )
         self._budget: float | None = None
+        # Seeds the per-step training budget draw (seed_training_budget); None: torch's RNG.
+        self._budget_seed: int | None = None
 
     # ------------------------------------------------------------------------------------------
     # Tokenizer and routing budget
@@ -101,7 +103,9 @@ class VLAModel(nn.Module):
     def set_token_budget(self, budget: float | None) -> None:
         """Change the stage-2 keep floor at inference, no retraining: 1.0 keeps every visual
         token (identical to stage 2 off), smaller values prune more. ``None`` restores the
-        default: the configured floor at eval, a random budget per step in training."""
+        default, the configured floor. Applies in eval mode only: in train mode every step
+        draws its own budget (Matryoshka training), so a budget left set from an evaluation
+        cannot silently switch budget sampling off."""
         if budget is not None:
             if self.config.routing.pruning is None:
                 raise ValueError("set_token_budget: this model has no stage-2 pruning "
@@ -111,15 +115,25 @@ class VLAModel(nn.Module):
             budget = float(budget)
         self._budget = budget
 
+    def seed_training_budget(self, seed: int | None) -> None:
+        """Draw the next training forward's budget from ``seed`` (training seeds it from (run
+        seed, step) only, so every DDP process prunes the same way at a step and a 2-process run
+        matches 1 process); None: from torch's global RNG."""
+        self._budget_seed = None if seed is None else int(seed)
+
     def _current_budget(self) -> float:
         pruning = self.config.routing.pruning
         if pruning is None:
             return 1.0
-        if self._budget is None and self.training:
+        if self.training:
             # Matryoshka-style training: a fresh budget each step, so every budget in the range
-            # is served by the same weights. Drawn from torch's RNG (seedable, per process).
+            # is served by the same weights.
             low, high = pruning.train_budget_range
-            return low + (high - low) * float(torch.rand(()))
+            if self._budget_seed is None:
+                draw = float(torch.rand(()))
+            else:
+                draw = float(torch.rand((), generator=torch.Generator().manual_seed(self._budget_seed)))
+            return low + (high - low) * draw
         return self.token_budget
 
     # ------------------------------------------------------------------------------------------

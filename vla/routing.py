@@ -170,20 +170,33 @@ def _pruned_layer(backbone, i, x, key_mask, position_ids, ctx, visual, text_len,
     ctxk = None
     if ctx is not None:  # rotary (cos, sin), each (B, N, hd): the kept rows
         ctxk = tuple(t.gather(1, keep.unsqueeze(-1).expand(-1, -1, t.shape[-1])) for t in ctx)
-    # Gradient path to the router (top-k itself has none). With p the keep probability of a
-    # kept visual token, s = 1 + p - stopgrad(p) has value exactly 1 and gradient 1 w.r.t. p.
-    # - The layer's update of the token is multiplied by s (Mixture-of-Depths, as CogVLA):
-    #   dL/dp += <dL/dy, update>, "does this token's update help".
-    # - The token's input to the layer is multiplied by s too: dL/dp += <dL/dx_in, x>, which
-    #   also covers its use as key/value by the readout tokens ("is it worth attending to"),
-    #   the only signal a router at the last layer can get.
-    # Being exactly 1 in value, s leaves a pretrained layer's output unchanged and makes every
-    # token kept (budget 1.0) identical to routing off.
-    prob = torch.sigmoid(scores.gather(1, top))  # (B, k)
-    scale = torch.ones(b, keep.shape[1], 1, dtype=x.dtype, device=x.device)
-    scale[:, visual.start: visual.start + k, 0] = 1 + prob - prob.detach()
-    yk = backbone.run_layer(i, xk * scale, maskk, posk, ctxk)  # (B, n_keep, D)
-    yk = yk + (yk - xk) * (scale - 1)  # value: yk exactly
+    # Gradient path to the router (top-k itself has none). Both terms are exactly 0 in value
+    # (z - stopgrad(z) is 0 in floating point for any finite z, where 1 + p - stopgrad(p) is
+    # not exactly 1), so the layer's output is bit-identical to running it on the kept tokens,
+    # a pretrained layer is unchanged, and budget 1.0 is identical to routing off.
+    # - Keys: every query's attention logit to a kept visual token j gets
+    #   log p_j - stopgrad(log p_j), i.e. attention weights scale as p_j: "is this token worth
+    #   attending to". This reaches the router through the other tokens (readout tokens
+    #   included), the only signal a router at the last routed layer can get, because the
+    #   visual tokens' own outputs there are never read. (Scaling the token's *input* would
+    #   give nothing: a pre-LN block normalises the scale away.)
+    # - Update: the layer's change of the token is gated by 1 + p - stopgrad(p) (Mixture-of-
+    #   Depths, as CogVLA): dL/dp += <dL/dy, y - x>, "does this token's update help".
+    logits = scores.gather(1, top)  # (B, k)
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        # Inference (and export): both terms are 0, so the plain layer on the kept tokens.
+        yk = backbone.run_layer(i, xk, maskk, posk, ctxk)  # (B, n_keep, D)
+    else:
+        rows = torch.arange(b, device=x.device)[:, None]  # (B, 1)
+        cols = torch.arange(k, device=x.device) + visual.start  # (k,): kept visual positions
+        log_keep = torch.nn.functional.logsigmoid(logits)  # (B, k)
+        key_bias = torch.zeros(b, keep.shape[1], dtype=x.dtype, device=x.device).index_put(
+            (rows, cols), (log_keep - log_keep.detach()).to(x.dtype))  # (B, n_keep), 0 in value
+        yk = backbone.run_layer(i, xk, maskk, posk, ctxk, key_bias=key_bias)  # (B, n_keep, D)
+        prob = torch.sigmoid(logits).to(x.dtype)  # (B, k)
+        gate = torch.zeros(b, keep.shape[1], 1, dtype=x.dtype, device=x.device).index_put(
+            (rows, cols), (prob - prob.detach()).unsqueeze(-1))  # (B, n_keep, 1), 0 in value
+        yk = yk + gate * (yk - xk)  # value: yk exactly
     trace.tokens_per_layer.append(keep.shape[1])
     trace.visual_kept_per_layer.append(k)
     trace.kept_indices[i] = top

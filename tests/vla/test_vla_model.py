@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import stat
@@ -70,9 +72,11 @@ def test_padded_steps_are_masked(model):
 def test_gradients_reach_every_trainable_parameter(head):
     torch.manual_seed(0)
     overrides = {"flow": {"head": FlowHeadConfig()}, "regression": {"head": RegressionHeadConfig()}}
-    model = VLAModel(presets.get("tiny", **overrides.get(head, {})), STATS).train()
-    # An explicit pruning budget: in training a random budget near 1.0 may skip a router.
-    model.set_token_budget(0.25)
+    config = presets.get("tiny", **overrides.get(head, {}))
+    # A fixed training budget: a random one near 1.0 may skip a router.
+    pruning = dataclasses.replace(config.routing.pruning, train_budget_range=(0.25, 0.25))
+    config = dataclasses.replace(config, routing=dataclasses.replace(config.routing, pruning=pruning))
+    model = VLAModel(config, STATS).train()
     batch = make_batch(model.config, tokenizer=model.tokenizer)
     model.compute_loss(batch).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]

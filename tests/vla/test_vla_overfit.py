@@ -58,6 +58,7 @@ def _check_instruction_matters(model, batch):
 def test_tiny_regression_overfits_and_listens_to_the_instruction():
     config = presets.get("tiny", head=RegressionHeadConfig(hidden_dim=32, num_layers=1, num_heads=2))
     model, batch, _ = _train(config, steps=250, lr=3e-3)
+    model.eval()
     with torch.no_grad():
         model.set_token_budget(0.25)
         final = model.compute_loss(batch).mean().item()

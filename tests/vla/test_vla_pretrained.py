@@ -58,7 +58,10 @@ def _config(language_path, vision_path=None, **language_kwargs):
     config = presets.get("tiny")
     language = PretrainedLanguageConfig(path=language_path, max_length=16, **language_kwargs)
     vision = config.vision if vision_path is None else PretrainedVisionConfig(path=vision_path, freeze=False)
-    return dataclasses.replace(config, language=language, vision=vision)
+    # A fixed training budget that prunes, so every router is on the gradient path.
+    pruning = dataclasses.replace(config.routing.pruning, train_budget_range=(0.25, 0.25))
+    return dataclasses.replace(config, language=language, vision=vision,
+                               routing=dataclasses.replace(config.routing, pruning=pruning))
 
 
 def _batch(model, texts=("pick up the bowl", "put the soup in the basket")):
@@ -74,13 +77,13 @@ def _batch(model, texts=("pick up the bowl", "put the soup in the basket")):
 def _check_trains_and_roundtrips(model, tmp_path):
     batch = _batch(model)
     model.train()
-    model.set_token_budget(0.25)  # a pruning budget, so every router is on the gradient path
     loss = model.compute_loss(batch)
     assert loss.shape == (2, model.config.chunk_size) and torch.isfinite(loss).all()
     loss.mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad, f"parameters without gradient: {no_grad}"
     model.eval()
+    model.set_token_budget(0.25)
     noise = torch.randn(2, model.config.chunk_size, 7)
     actions = model.sample_actions(batch, noise=noise)
     model.save_pretrained(tmp_path / "ckpt")
