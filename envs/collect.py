@@ -17,6 +17,12 @@ all 50 init states stays held out. The per-episode numbers in the metadata are t
 executed translation gets correlated noise of std S in the free-space phases, the recorded action
 is the expert's own, so the data shows how to steer back onto the path.
 
+``--cross-task P`` makes the words necessary: with chance P (drawn from the task and start) an
+episode in task t's scene follows the goal of another task u whose objects the scene holds, and
+is recorded with u's instruction (``goal_task`` in the episode metadata). Without it, every
+LIBERO-Object scene shows its own task's object in the same spot, so the scene alone tells a
+policy what to do and it never needs to read the instruction (docs/language.md).
+
 Crash safety and resume (see docs/datasets.md)::
 
     D/.staging/plan.json       what is being collected (a re-run must ask for the same)
@@ -91,6 +97,7 @@ class CollectConfig:
     first_init_state: int = 0  # init states below this are never used (held out for evaluation)
     placements: str = "benchmark"  # or "sampled": fresh layouts from reset seeds 0, 1, 2, ...
     action_noise: float = 0.0  # DART: executed actions perturbed with this std, labels clean
+    cross_task: float = 0.0  # chance an episode follows another task's goal and instruction
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -127,6 +134,11 @@ class CollectConfig:
                 or not 0.0 <= self.action_noise <= 1.0:
             raise CollectError(f"--action-noise {self.action_noise!r}: expected a number in [0, 1] "
                                "(std of the perturbation, action units; 0 = clean demonstrations)")
+        if isinstance(self.cross_task, bool) or not isinstance(self.cross_task, (int, float)) \
+                or not 0.0 <= self.cross_task < 1.0:
+            raise CollectError(f"--cross-task {self.cross_task!r}: expected a number in [0, 1) (the "
+                               "chance that an episode follows another task's goal in this "
+                               "task's scene; 0 = every episode its own task)")
         if self.placements not in PLACEMENTS:
             raise CollectError(f"--placements {self.placements!r}: expected one of {list(PLACEMENTS)}")
         if self.placements == "sampled" and self.first_init_state:
@@ -151,6 +163,8 @@ class CollectConfig:
             "first_init_state": self.first_init_state,
             "placements": self.placements,
             "action_noise": self.action_noise,
+            # only when used, so collections from before the flag still resume
+            **({"cross_task": self.cross_task} if self.cross_task else {}),
         }
 
     def attempt_pool(self, num_init_states: int) -> int:
@@ -175,6 +189,8 @@ class CollectConfig:
             parts += ["--placements", self.placements]
         if self.action_noise:
             parts += ["--action-noise", str(self.action_noise)]
+        if self.cross_task:
+            parts += ["--cross-task", str(self.cross_task)]
         return shlex.join(parts + ["--out", str(self.out)])
 
 
@@ -403,7 +419,8 @@ def _jobs(config: CollectConfig, tasks: dict[int, TaskProgress], staging_root: s
             jobs.append(
                 RolloutJob(config.suite, progress.task_id, k, config.image_size, config.renderer,
                            tuple(config.cameras), config.max_episode_steps, staging_root,
-                           config.fps, config.vcodec, config.placements, config.action_noise)
+                           config.fps, config.vcodec, config.placements, config.action_noise,
+                           config.cross_task)
             )
     return jobs
 
@@ -498,7 +515,8 @@ def _build_and_commit(config, tasks, instructions, staging, expert_name, progres
         start_key = "init_state" if config.placements == "benchmark" else "layout_seed"
         episodes_meta.append(
             {"episode_index": index, "task_id": task_id, start_key: init_state,
-             "length": episode.length, "instruction": episode.instruction}
+             "length": episode.length, "instruction": episode.instruction,
+             **({"goal_task": episode.goal_task} if episode.goal_task is not None else {})}
         )
     extra_meta = {
         "plan": config.plan(),
@@ -575,6 +593,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="DART: perturb the executed translation with correlated noise of this "
                              "std (action units) in approach/descend/carry; the recorded actions "
                              "stay the expert's (default 0: clean demonstrations)")
+    parser.add_argument("--cross-task", type=float, default=0.0,
+                        help="chance that an episode follows the goal and instruction of another "
+                             "task whose objects the scene holds, so the words (not the scene) "
+                             "choose the behaviour; success is that task's goal (default 0)")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder (new, or an interrupted one to resume)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -598,6 +620,7 @@ def run(args: argparse.Namespace) -> int:
             first_init_state=args.first_init_state,
             placements=args.placements,
             action_noise=args.action_noise,
+            cross_task=args.cross_task,
         )
         if config.suite not in SUPPORTED_SUITES:
             raise CollectError(

@@ -40,6 +40,7 @@ class RolloutJob:
     vcodec: str
     placements: str = "benchmark"
     action_noise: float = 0.0  # DART perturbation std (envs/experts/perturb.py); 0 = clean
+    cross_task: float = 0.0  # chance that the episode follows another task's goal (see below)
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,49 @@ class LiberoExpertRollout:
         self._key: tuple | None = None
         self._env = None
         self._expert = None
+        self._own_goal = None  # the expert's goal for the env's own task
+        self._goals: dict[str, list] = {}
 
     def __getstate__(self) -> dict:  # sent to workers without any live env
         return {}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
+
+    def _goal_for(self, job: RolloutJob, env) -> tuple[int, str, list[list[str]]] | None:
+        """The other task whose goal and instruction this episode follows, or None (its own).
+
+        With probability ``job.cross_task`` (drawn from (task, start) only, so a resumed or
+        re-run collection decides the same) the episode is given the goal of another task of
+        the suite whose objects this scene holds, and that task's instruction. Such episodes
+        are what makes the words matter: in LIBERO-Object every scene puts its own task's
+        object in the same spot, so without them the scene alone tells the policy what to do.
+        """
+        if job.cross_task <= 0.0:
+            return None
+        rng = np.random.default_rng((job.task_id, job.init_state, 0xC7055))
+        if rng.random() >= job.cross_task:
+            return None
+        candidates = []
+        for info, atoms in self._suite_goals(job.suite):
+            if info.task_id == job.task_id:
+                continue
+            reached = env.goal_reached(atoms)
+            if reached is False:  # None: this scene lacks its objects; True: already holds
+                candidates.append((info.task_id, info.instruction, atoms))
+        if not candidates:
+            return None
+        return candidates[int(rng.integers(len(candidates)))]
+
+    def _suite_goals(self, suite: str):
+        """[(TaskInfo, goal atoms)] of every task of ``suite``, read once per worker."""
+        if suite not in self._goals:
+            from envs.bddl import goal_atoms
+            from envs.suites import SUITES, task_info
+
+            infos = [task_info(suite, t) for t in range(SUITES[suite].num_tasks)]
+            self._goals[suite] = [(info, goal_atoms(info.bddl_file)) for info in infos]
+        return self._goals[suite]
 
     def _env_for(self, job: RolloutJob):
         key = (job.suite, job.task_id, job.image_size, job.renderer, job.cameras, job.max_episode_steps)
@@ -97,6 +135,7 @@ class LiberoExpertRollout:
                 max_episode_steps=job.max_episode_steps,
             )
             self._expert = make_expert(self._env)
+            self._own_goal = self._expert.goal
             self._key = key
         return self._env, self._expert
 
@@ -112,6 +151,16 @@ class LiberoExpertRollout:
         try:
             start = "sampled" if job.placements == "sampled" else job.init_state
             obs, _ = env.reset(seed=job.init_state, options={"init_state": start})
+            followed = self._goal_for(job, env)
+            if followed is None:
+                expert.goal = self._own_goal
+                instruction = env.instruction
+            else:
+                from envs.experts.goal import goal_from_atoms
+
+                goal_task, instruction, atoms = followed
+                problem = env.libero_env.env
+                expert.goal = goal_from_atoms(atoms, list(problem.objects_dict) + list(problem.fixtures_dict))
             expert.reset()
             from envs.experts.perturb import ActionPerturbation
 
@@ -128,10 +177,11 @@ class LiberoExpertRollout:
                 actions.append(action)  # the label is the expert's own action ...
                 # ... while the executed one may be perturbed (DART), off the expert's path.
                 obs, _, terminated, truncated, info = env.step(perturb(action, getattr(expert, "phase", None)))
-                if info["is_success"]:
+                if info["is_success"] if followed is None else env.goal_reached(atoms):
                     break
                 if terminated or truncated:
-                    raise Failure(f"no success within {len(actions)} steps", len(actions))
+                    what = "" if followed is None else f" of task {goal_task}'s goal"
+                    raise Failure(f"no success{what} within {len(actions)} steps", len(actions))
         except Failure:
             raise
         except Exception:
@@ -140,7 +190,8 @@ class LiberoExpertRollout:
         return RecordedEpisode(
             task_id=job.task_id,
             init_state=job.init_state,
-            instruction=env.instruction,
+            instruction=instruction,
+            goal_task=None if followed is None else goal_task,
             images={camera: np.stack(frames) for camera, frames in images.items()},  # (T, S, S, 3)
             state=np.stack(states).astype(np.float32),  # (T, 8)
             action=np.stack(actions),  # (T, 7)

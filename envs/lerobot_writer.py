@@ -17,7 +17,8 @@ Two steps, so that a collection can be interrupted at any moment without corrupt
 On-disk layout of one staged episode (T frames, S = image size)::
 
     episode.npz   state (T, 8) float32, action (T, 7) float32, instruction str,
-                  task_id, init_state, stats.<camera>.<stat> (C,) in uint8 units
+                  task_id, init_state, goal_task (-1: its own), stats.<camera>.<stat> (C,)
+                  in uint8 units
     <camera>.mp4  T frames, S x S, yuv420p, one per camera
 
 Pinned to lerobot 0.4.4 (the newest for Python 3.11): ``_PreEncodedVideos`` implements the
@@ -132,6 +133,9 @@ class RecordedEpisode:
     images: dict[str, np.ndarray]
     state: np.ndarray
     action: np.ndarray
+    # The task whose goal (and instruction) the episode followed in task_id's scene; None: its
+    # own (`vla collect --cross-task`).
+    goal_task: int | None = None
 
     def __post_init__(self) -> None:
         length = len(self.action)
@@ -170,6 +174,7 @@ class StagedEpisode:
     state: np.ndarray  # (T, state_dim) float32
     action: np.ndarray  # (T, A) float32
     video_stats: dict[str, dict[str, np.ndarray]] = field(repr=False)  # camera -> stat -> (C,)
+    goal_task: int | None = None  # see RecordedEpisode.goal_task
 
     @property
     def length(self) -> int:
@@ -330,6 +335,7 @@ class EpisodeStaging:
                 "instruction": np.array(episode.instruction),
                 "task_id": np.array(episode.task_id, dtype=np.int64),
                 "init_state": np.array(episode.init_state, dtype=np.int64),
+                "goal_task": np.array(-1 if episode.goal_task is None else episode.goal_task, dtype=np.int64),
                 "cameras": np.array(sorted(episode.images)),
             }
             for camera, frames in episode.images.items():
@@ -390,6 +396,8 @@ class EpisodeStaging:
                 state=data["state"],
                 action=data["action"],
                 video_stats=stats,
+                # episodes staged before --cross-task existed have no goal_task: their own
+                goal_task=int(data["goal_task"]) if "goal_task" in data and int(data["goal_task"]) >= 0 else None,
             )
         for camera in cameras:
             if not staged.video_path(camera).is_file():

@@ -326,6 +326,23 @@ def test_action_noise_reaches_the_rollout_and_the_recorded_plan(tmp_path):
         make_config(tmp_path / "E", action_noise=-0.1)
 
 
+def test_cross_task_reaches_the_rollout_and_the_recorded_plan(tmp_path):
+    rollout = SyntheticRollout()
+    seen = []
+    rollout_call = rollout.__call__
+    run_synthetic(make_config(tmp_path / "D", task_ids=(0,), cross_task=0.5),
+                  lambda job: (seen.append(job.cross_task), rollout_call(job))[1])
+    assert seen == [0.5, 0.5]
+    meta = json.loads((tmp_path / "D" / "meta" / "collection.json").read_text())
+    assert meta["plan"]["cross_task"] == 0.5 and "--cross-task 0.5" in meta["command"]
+    # a collection without it records no such key (older datasets resume unchanged)
+    run_synthetic(make_config(tmp_path / "E", task_ids=(0,)), SyntheticRollout())
+    assert "cross_task" not in json.loads((tmp_path / "E" / "meta" / "collection.json").read_text())["plan"]
+    for bad in (1.0, -0.1, True):
+        with pytest.raises(CollectError, match=rf"--cross-task {bad!r}: expected a number in \[0, 1\)"):
+            make_config(tmp_path / "F", cross_task=bad)
+
+
 def test_collect_reports_tasks_that_run_out_of_init_states(tmp_path):
     rollout = SyntheticRollout(failing={(0, k) for k in range(1, 4)})
     report = run_synthetic(make_config(tmp_path / "D", task_ids=(0,), episodes_per_task=3), rollout,
@@ -510,6 +527,25 @@ def test_real_collection_one_episode(tmp_path):
     actions = dataset_columns(dataset)["action"]
     assert np.all(np.abs(actions) <= 1.0)
     print(f"real collection: {meta['episodes'][0]['length']} steps in {seconds:.1f} s")
+
+
+@pytest.mark.sim
+def test_real_cross_task_episode_follows_another_tasks_goal_and_words(tmp_path):
+    """`--cross-task`: in task 0's scene the expert does another task's goal (judged by LIBERO's
+    own predicates on that goal) and the episode is recorded with that task's instruction."""
+    from envs.suites import task_info
+
+    out = tmp_path / "D"
+    # init state 0 of task 0 draws a cross-task episode at 0.99 (the draw is 0.82)
+    config = CollectConfig("libero_object", (0,), 1, out, image_size=32, workers=1, cross_task=0.99)
+    report = collect(config, progress=False)
+    assert report.tasks[0].kept() == [0], report.table()
+    episode = json.loads((out / "meta" / "collection.json").read_text())["episodes"][0]
+    goal_task = episode["goal_task"]
+    assert goal_task != 0
+    instruction = task_info("libero_object", goal_task).instruction
+    assert episode["instruction"] == instruction
+    assert load(out)[0]["task"] == instruction != task_info("libero_object", 0).instruction
 
 
 @pytest.mark.sim
