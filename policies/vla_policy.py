@@ -7,8 +7,8 @@
       -> action_output_transforms                  unnormalize, to numpy, drop the batch dim
       -> {"actions": float32 (H, A)}               environment units
 
-Noise: every call draws the initial noise (1, H, A) from the policy's own `torch.Generator`
-(on the CPU, so the stream does not depend on the device). `reset()` re-seeds it:
+Noise: every call draws the initial noise (1, H, A) from the policy's own `NoiseStream` (a `torch.Generator`
+on the CPU, so the stream does not depend on the device; policies/noise.py). `reset()` re-seeds it:
   - seed=int:  with that seed, so every episode (and a reloaded checkpoint) sees the same stream;
   - seed=None: with a seed drawn from torch's global RNG, so `torch.manual_seed(s); policy.reset()`
     makes an episode reproducible while episodes still differ (what the evaluation runner does).
@@ -27,6 +27,7 @@ import torch
 
 from vla.features import ACTION
 
+from policies.noise import NoiseStream
 from policies.protocol import ACTIONS, PolicyMetadata
 from policies.transforms import action_output_transforms, compose, inference_input_transforms
 from policies.validation import validate_observation
@@ -94,8 +95,7 @@ class VLAPolicy:
         self._outputs = compose(
             action_output_transforms(functools.partial(model.normalizer.unnormalize, ACTION))
         )
-        self._generator = torch.Generator(device="cpu")
-        self.reset()
+        self._noise_stream = NoiseStream(self.metadata.chunk_size, self.metadata.action_dim, seed)
 
     @classmethod
     def from_checkpoint(
@@ -129,16 +129,12 @@ class VLAPolicy:
 
     def reset(self) -> None:
         """Re-seed the noise generator (the only per-episode state of this policy)."""
-        if self.seed is not None:
-            seed = self.seed
-        else:
-            seed = int(torch.randint(0, 2**62, (1,)).item())  # from torch's global RNG
-        self._generator.manual_seed(seed)
+        self._noise_stream.reset()
 
     def _noise(self, noise: Any) -> torch.Tensor:
         shape = (1, self.metadata.chunk_size, self.metadata.action_dim)  # (1, H, A)
         if noise is None:
-            x = torch.randn(shape, generator=self._generator, dtype=torch.float32)
+            x = self._noise_stream.draw()
         else:
             x = torch.as_tensor(np.asarray(noise, dtype=np.float32))
             if x.shape == shape[1:]:

@@ -11,6 +11,12 @@ Protocol (the same as openpi's `WebsocketPolicyServer`, so openpi clients work u
 
     GET /healthz on the same port -> 200 "OK" (no websocket, no token needed).
 
+Initial noise (our extension; openpi clients never send it): an observation may carry "noise",
+float (H, A), which is handed to the policy as `policy.infer(obs, noise=...)` instead of a draw
+from the server's generator, when the policy's infer takes one (the metadata says so:
+`server.accepts_noise`). `vla eval --policy ws://...` sends the noise stream the policy would
+have drawn itself, so a served checkpoint scores exactly as the checkpoint scored directly.
+
 Errors. A request that is not a binary frame, not valid msgpack, not a dict of observations,
 fails the policy's observation check, or makes the policy raise, gets an error reply: a *text*
 frame "error: <what went wrong>". openpi clients already treat a text frame as an error (they
@@ -55,6 +61,7 @@ from robots.protocol import ACTIONS, Policy
 logger = logging.getLogger(__name__)
 
 PROTOCOL_NAME = "openpi-websocket-v1"
+NOISE = "noise"  # optional observation entry: the initial noise (H, A) (module docstring)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 2**20  # two 224x224 RGB images are 0.3 MB; 16 MB leaves room
 
 
@@ -100,6 +107,16 @@ def _policy_metadata(policy: Any) -> dict[str, Any]:
     if isinstance(metadata, Mapping):
         return dict(metadata)
     return {}
+
+
+def _takes_noise(policy: Any) -> bool:
+    """Whether ``policy.infer`` accepts a ``noise`` keyword (VLAPolicy does)."""
+    import inspect
+
+    try:
+        return "noise" in inspect.signature(policy.infer).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _default_validator(policy: Any) -> Callable[[dict], None] | None:
@@ -166,6 +183,7 @@ class PolicyServer:
         self.policy = policy
         self.config = config
         self.validate = validate if validate is not None else _default_validator(policy)
+        self._accepts_noise = _takes_noise(policy)
         self.metadata: dict[str, Any] = {
             **_policy_metadata(policy),
             **dict(metadata or {}),
@@ -174,6 +192,7 @@ class PolicyServer:
                 "max_message_bytes": config.max_message_bytes,
                 "n_action_steps": config.n_action_steps,
                 "auth": config.token is not None,
+                "accepts_noise": self._accepts_noise,
             },
         }
         wire.packb(self.metadata)  # fail now, not on the first connection, if it cannot be sent
@@ -207,7 +226,8 @@ class PolicyServer:
 
     # -- websocket side ------------------------------------------------------------------------
 
-    def _decode(self, message: Any) -> dict:
+    def _decode(self, message: Any) -> tuple[dict, Any]:
+        """message -> (observation, initial noise or None)."""
         if isinstance(message, str):
             raise RequestError("expected a binary msgpack frame, got a text frame")
         try:
@@ -219,16 +239,20 @@ class PolicyServer:
         bad = [k for k in obs if not isinstance(k, str)]
         if bad:
             raise RequestError(f"observation keys must be str, got {bad[:3]!r}")
+        noise = obs.pop(NOISE, None)
+        if noise is not None and not self._accepts_noise:
+            raise RequestError(f"{NOISE!r}: this server's policy takes no initial noise "
+                               "(metadata server.accepts_noise is false); send observations only")
         if self.validate is not None:
             try:
                 self.validate(obs)
             except (ValueError, TypeError) as error:
                 raise RequestError(f"invalid observation: {error}") from None
-        return obs
+        return obs, noise
 
-    def _infer(self, obs: dict) -> tuple[dict, float]:
+    def _infer(self, obs: dict, noise: Any = None) -> tuple[dict, float]:
         t = time.perf_counter()
-        reply = self.policy.infer(obs)
+        reply = self.policy.infer(obs) if noise is None else self.policy.infer(obs, noise=noise)
         seconds = time.perf_counter() - t
         return _clean_reply(reply, self.config.n_action_steps), seconds
 
@@ -243,8 +267,8 @@ class PolicyServer:
                 start = time.perf_counter()
                 self.counts["requests"] += 1
                 try:
-                    obs = self._decode(message)
-                    reply, infer_s = await loop.run_in_executor(self._executor, self._infer, obs)
+                    obs, noise = self._decode(message)
+                    reply, infer_s = await loop.run_in_executor(self._executor, self._infer, obs, noise)
                 except RequestError as error:
                     self.counts["errors"] += 1
                     await websocket.send(f"error: bad request: {error}")

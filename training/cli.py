@@ -11,6 +11,7 @@ import os
 import shlex
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 
@@ -116,7 +117,14 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval", help="Evaluate a policy on LIBERO with the standard protocol.")
     parser.add_argument("--policy", required=True,
-                        help="checkpoint directory, or 'expert' / 'random' for reference policies")
+                        help="checkpoint directory, 'expert' / 'random' for reference policies, "
+                             "or ws://HOST:PORT for a policy server (vla serve, openpi's "
+                             "serve_policy.py)")
+    parser.add_argument("--remote-layout", default="vla", choices=("vla", "openpi-libero"),
+                        help="with --policy ws://...: the observation layout the server takes "
+                             "(vla: our keys; openpi-libero: openpi's LIBERO example client)")
+    parser.add_argument("--remote-token", default=None,
+                        help="with --policy ws://...: the server's token, if it has one")
     parser.add_argument("--suite", required=True)
     parser.add_argument("--tasks", default=None, help="comma-separated task ids (default: all)")
     parser.add_argument("--episodes-per-task", type=int, default=50)
@@ -196,7 +204,9 @@ def run_eval(args: argparse.Namespace) -> int:
         mode, rewrites = instruction_condition(args, task_ids)
         if args.token_budget is not None and not 0.0 < args.token_budget <= 1.0:
             raise ValueError(f"--token-budget {args.token_budget}: expected a number in (0, 1]")
-        if args.policy == "expert":
+        if args.policy.startswith("ws://"):
+            spec, image_size, renderer = remote_policy(args, mode)
+        elif args.policy == "expert":
             spec, image_size, renderer = ExpertPolicySpec(), args.image_size or 128, args.renderer
         elif args.policy == "random":
             spec, image_size, renderer = RandomPolicySpec(), args.image_size or 128, args.renderer
@@ -220,7 +230,8 @@ def run_eval(args: argparse.Namespace) -> int:
         check_init_states_exist(protocol)
         out = Path(args.out) if args.out else (
             Path(args.policy) / f"eval_{args.suite}" if args.policy not in ("expert", "random")
-            else Path("outputs") / f"eval_{args.policy}_{args.suite}")
+            and not args.policy.startswith("ws://")
+            else Path("outputs") / f"eval_{args.policy.split(':')[0]}_{args.suite}")
         journal = open_journal(out, protocol, spec, resume=args.resume)
     except ValueError as error:
         print(f"vla eval: error: {error}", file=sys.stderr)
@@ -232,6 +243,33 @@ def run_eval(args: argparse.Namespace) -> int:
     print(Path(out, "results.md").read_text())
     print(f"results: {out / 'results.json'}  plot: {out / 'success.png'}")
     return 0 if summary else 1
+
+
+def remote_policy(args: argparse.Namespace, mode: str) -> tuple[Any, int, str | None]:
+    """(spec, image size, renderer) for --policy ws://HOST:PORT (training/remote_policy.py).
+
+    With the `vla` layout the server's metadata gives the image size (our checkpoints ship
+    with the fast renderer); openpi's LIBERO checkpoints were trained on LIBERO's standard
+    256 px renders, resized to 224 on the way.
+    """
+    from training.remote_policy import RemotePolicy, RemotePolicySpec
+
+    if mode == "blank" and args.remote_layout == "vla":
+        raise ValueError("--instruction-mode blank with --policy ws://...: the server refuses an "
+                         "empty instruction unless it was started to allow one")
+    spec = RemotePolicySpec(args.policy, layout=args.remote_layout, token=args.remote_token,
+                            temporal_ensemble_coeff=args.temporal_ensemble,
+                            n_action_steps=1 if args.temporal_ensemble else None)
+    if args.remote_layout == "openpi-libero":
+        return spec, args.image_size or 256, args.renderer or "standard"
+    try:
+        probe = RemotePolicy(args.policy, token=args.remote_token, connect_timeout_s=10.0)
+    except (ConnectionError, RuntimeError) as error:  # no server there, or it refused us
+        raise ValueError(f"--policy {args.policy}: {error}") from None
+    probe.close()
+    size = probe.metadata.get("image_size")
+    image_size = args.image_size or (int(size[0]) if isinstance(size, (list, tuple)) and size else 128)
+    return spec, image_size, args.renderer or "fast"
 
 
 def instruction_condition(args: argparse.Namespace, task_ids: tuple[int, ...]) -> tuple[str, tuple]:

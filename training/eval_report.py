@@ -47,11 +47,29 @@ def summarize(results: Sequence[EpisodeResult], protocol: EvalProtocol, policy: 
         "tasks": tasks,
         "protocol": protocol.to_dict(),
         "policy": policy,
+        "latency": latency_summary(results),
         "wall_time_s": wall_time_s,
         "command": command,
         "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
                     "cpus": os.cpu_count()},
         "episodes": [dataclasses.asdict(r) for r in results],
+    }
+
+
+def latency_summary(results: Sequence[EpisodeResult]) -> dict | None:
+    """Per-call policy inference time over the episodes that recorded it (ms): the mean over
+    all calls, and the median and slowest of the per-episode means. None if none recorded it
+    (journals of runs from before it was recorded)."""
+    timed = [r for r in results if r.infer_ms is not None and r.policy_calls]
+    if not timed:
+        return None
+    per_episode = sorted(r.infer_ms for r in timed)
+    calls = sum(r.policy_calls for r in timed)
+    return {
+        "infer_ms_mean": sum(r.infer_ms * r.policy_calls for r in timed) / calls,
+        "infer_ms_episode_median": per_episode[len(per_episode) // 2],
+        "infer_ms_episode_max": per_episode[-1],
+        "calls": calls,
     }
 
 

@@ -61,6 +61,7 @@ class EpisodeResult:
     named_task: int | None = None
     # swapped: whether the named task's goal was reached; None where the scene lacks its objects
     named_success: bool | None = None
+    infer_ms: float | None = None  # mean wall time of one policy.infer call (a remote: round trip)
 
 
 # Per-worker state, set by _worker_init (each spawned process has its own copy).
@@ -114,6 +115,7 @@ def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
     torch.manual_seed(seed)  # policies that sample noise from torch's global RNG stay reproducible
     frames: list[np.ndarray] = []
     steps = calls = 0
+    infer_s = 0.0
     success = False
     error = None
     instruction = job.instruction
@@ -131,7 +133,9 @@ def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
         while steps < max_steps and not success and not named_success:
             if job.instruction is not None:
                 obs = {**obs, TASK: job.instruction}  # the condition's words, not the scene's
+            called = time.perf_counter()
             chunk = np.asarray(policy.infer(obs)["actions"], dtype=np.float32)  # (H, A)
+            infer_s += time.perf_counter() - called
             calls += 1
             if chunk.ndim != 2 or chunk.shape[0] == 0:
                 raise ValueError(f"policy returned actions of shape {chunk.shape}; expected (H, A)")
@@ -166,7 +170,7 @@ def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
         success=success, steps=steps, policy_calls=calls,
         wall_s=time.monotonic() - start, error=error, video=video_path,
         instruction=instruction, variant=job.variant, kind=job.kind, named_task=job.named_task,
-        named_success=named_success,
+        named_success=named_success, infer_ms=1e3 * infer_s / calls if calls else None,
     )
 
 
