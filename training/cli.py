@@ -6,13 +6,14 @@ Heavy imports (torch, lerobot, LIBERO) happen inside the run functions.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
 import sys
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,8 +119,13 @@ def _register_eval(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="Evaluate a policy on LIBERO with the standard protocol.")
     parser.add_argument("--policy", required=True,
                         help="checkpoint directory, 'expert' / 'random' for reference policies, "
-                             "or ws://HOST:PORT for a policy server (vla serve, openpi's "
-                             "serve_policy.py)")
+                             "ws://HOST:PORT for a policy server (vla serve, openpi's "
+                             "serve_policy.py), or lerobot:DIR for a LeRobot PreTrainedPolicy "
+                             "directory (ACT, Diffusion, SmolVLA, pi0 ...)")
+    parser.add_argument("--lerobot-camera", action="append", default=[], metavar="NAME=CAMERA",
+                        help="with --policy lerobot:DIR: feed our CAMERA (agentview, wrist) to "
+                             "the policy's observation.images.NAME (repeatable; default: our own "
+                             "names, and image / wrist_image of the community LIBERO data)")
     parser.add_argument("--remote-layout", default="vla", choices=("vla", "openpi-libero"),
                         help="with --policy ws://...: the observation layout the server takes "
                              "(vla: our keys; openpi-libero: openpi's LIBERO example client)")
@@ -206,6 +212,8 @@ def run_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--token-budget {args.token_budget}: expected a number in (0, 1]")
         if args.policy.startswith("ws://"):
             spec, image_size, renderer = remote_policy(args, mode)
+        elif args.policy.startswith("lerobot:"):
+            spec, image_size, renderer = lerobot_policy(args)
         elif args.policy == "expert":
             spec, image_size, renderer = ExpertPolicySpec(), args.image_size or 128, args.renderer
         elif args.policy == "random":
@@ -230,7 +238,7 @@ def run_eval(args: argparse.Namespace) -> int:
         check_init_states_exist(protocol)
         out = Path(args.out) if args.out else (
             Path(args.policy) / f"eval_{args.suite}" if args.policy not in ("expert", "random")
-            and not args.policy.startswith("ws://")
+            and not args.policy.startswith(("ws://", "lerobot:"))
             else Path("outputs") / f"eval_{args.policy.split(':')[0]}_{args.suite}")
         journal = open_journal(out, protocol, spec, resume=args.resume)
     except ValueError as error:
@@ -243,6 +251,35 @@ def run_eval(args: argparse.Namespace) -> int:
     print(Path(out, "results.md").read_text())
     print(f"results: {out / 'results.json'}  plot: {out / 'success.png'}")
     return 0 if summary else 1
+
+
+def lerobot_policy(args: argparse.Namespace) -> tuple[Any, int, str | None]:
+    """(spec, image size, renderer) for --policy lerobot:DIR (training/lerobot_policy.py).
+
+    Our env renders at --image-size (default 128, what `vla collect` records); the adapter
+    resizes to each of the policy's image features. Checked here, before any episode: every
+    image feature maps to one of our cameras."""
+    from envs.libero_env import CAMERAS
+    from training.lerobot_policy import LeRobotPolicySpec, camera_mapping, lerobot_dir
+
+    path = lerobot_dir(args.policy)
+    pairs = []
+    for item in args.lerobot_camera:
+        name, sep, camera = item.partition("=")
+        if not sep or not name or not camera:
+            raise ValueError(f"--lerobot-camera {item!r}: expected NAME=CAMERA, e.g. image=agentview")
+        pairs.append((name, camera))
+    config = json.loads((path / "config.json").read_text())
+    features = {key: _Shape(tuple(value.get("shape", ()))) for key, value in
+                (config.get("input_features") or {}).items()}
+    camera_mapping(features, dict(pairs), tuple(CAMERAS))
+    spec = LeRobotPolicySpec(str(path), cameras=tuple(pairs))
+    return spec, args.image_size or 128, args.renderer or "fast"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    shape: tuple
 
 
 def remote_policy(args: argparse.Namespace, mode: str) -> tuple[Any, int, str | None]:
