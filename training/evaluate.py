@@ -213,7 +213,7 @@ def _worker_loop(policy_spec: Any, protocol: EvalProtocol, video_dir: str | None
     """A worker process: run the episodes it is sent until it receives None."""
     _worker_init(policy_spec, protocol, video_dir)
     try:
-        while (job := jobs.get()) is not None:
+        while (job := _next_job(jobs)) is not None:
             try:
                 results.put(_worker_run(job))
             except Exception as exc:  # env construction failed: report it, keep the loop alive
@@ -224,6 +224,19 @@ def _worker_loop(policy_spec: Any, protocol: EvalProtocol, video_dir: str | None
                     error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"))
     finally:
         _close_worker_envs()
+
+
+def _next_job(jobs: Any) -> EpisodeJob | None:
+    """The next job from the main process; None when it says stop, or when it has died
+    (killed, even with -9): nothing else would end a worker blocked on its queue, and orphaned
+    workers would hold a core and a simulator each."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            return jobs.get(timeout=2.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return None
 
 
 def _run_in_workers(policy_spec: Any, protocol: EvalProtocol, jobs: list[EpisodeJob], workers: int,

@@ -88,3 +88,41 @@ def test_parallel_workers_write_a_full_report(tmp_path):
     assert (tmp_path / "success.png").stat().st_size > 0
     assert "| 0 |" in (tmp_path / "results.md").read_text()
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4
+
+
+def test_workers_leave_when_the_evaluation_is_killed(tmp_path):
+    """kill -9 of `vla eval` must not leave its worker processes running (each holds a core
+    and a simulator): they notice the dead parent and exit on their own."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    out = tmp_path / "eval"
+    command = [sys.executable, "-m", "vla_cli", "eval", "--policy", "random", "--suite",
+               "libero_object", "--tasks", "0", "--episodes-per-task", "50", "--max-steps", "20",
+               "--image-size", "32", "--workers", "1", "--out", str(out)]
+    main = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MUJOCO_GL": "egl"})
+    workers: list = []
+    try:
+        deadline = time.monotonic() + 120
+        journal = out / "episodes.jsonl"
+        while time.monotonic() < deadline and not (journal.exists() and len(journal.read_text().splitlines()) >= 2):
+            time.sleep(0.5)  # header + one finished episode: the worker is up and running
+        assert main.poll() is None, "the evaluation ended before it could be killed"
+        workers = psutil.Process(main.pid).children(recursive=True)
+        assert workers
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait(timeout=10)
+        gone, alive = psutil.wait_procs(workers, timeout=60)
+        assert not alive, f"workers still running after their parent died: {alive}"
+    finally:
+        if main.poll() is None:
+            main.kill()
+        for worker in workers:  # orphans belong to init now, not to this process
+            if worker.is_running():
+                worker.kill()
