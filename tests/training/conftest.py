@@ -64,3 +64,13 @@ def write_synthetic_dataset(out: Path, episodes_per_task: int = 3) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def object_env():
+    """LIBERO-Object task 0 at 64 px with the fast renderer (real simulator), one per module."""
+    import envs
+
+    env = envs.make_libero_env("libero_object", 0, image_size=64, renderer="fast")
+    yield env
+    env.close()

@@ -46,15 +46,6 @@ def save_act(path, cameras=("agentview", "wrist"), size=48):
     return path
 
 
-@pytest.fixture(scope="module")
-def object_env():
-    import envs
-
-    env = envs.make_libero_env("libero_object", 0, image_size=64, renderer="fast")
-    yield env
-    env.close()
-
-
 def test_an_act_checkpoint_runs_per_step_from_its_own_chunk_queue(tmp_path, object_env):
     path = save_act(tmp_path / "act")
     policy = LeRobotPolicySpec(str(path)).build(object_env)

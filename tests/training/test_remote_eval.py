@@ -32,15 +32,6 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def object_env():
-    import envs
-
-    env = envs.make_libero_env("libero_object", 0, image_size=64, renderer="fast")
-    yield env
-    env.close()
-
-
 class Recording:
     """Wraps a policy; keeps every chunk it returned."""
 

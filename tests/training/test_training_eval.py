@@ -15,15 +15,6 @@ from training.policy_specs import ExpertPolicySpec, RandomPolicySpec
 pytestmark = pytest.mark.sim
 
 
-@pytest.fixture(scope="module")
-def object_env():
-    import envs
-
-    env = envs.make_libero_env("libero_object", 0, image_size=64, renderer="fast")
-    yield env
-    env.close()
-
-
 def test_expert_succeeds_and_random_fails_through_the_runner(object_env):
     protocol = EvalProtocol(suite="libero_object", task_ids=(0,), episodes_per_task=1,
                             image_size=64)
