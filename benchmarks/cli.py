@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "eval": ("benchmarks.eval_speed", "Evaluation env-steps/s with 1, 2 and 4 workers."),
     "dataset-write": ("benchmarks.dataset_write", "LeRobot dataset write time vs size, per video file cap."),
     "serve": ("benchmarks.serve_speed", "Policy server requests/s and latency percentiles."),
+    "recipe": ("benchmarks.recipe_curve", "Success against training steps (learning-efficiency curve)."),
 }
 
 

@@ -33,6 +33,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps")
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--warmup-steps", type=int, default=None, help="linear lr warm-up steps")
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--keep-last", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
@@ -75,7 +76,7 @@ def train_config_from_args(args: argparse.Namespace, base=None):
     base = base or TrainConfig()
     changes = {
         name: getattr(args, name)
-        for name in ("steps", "batch_size", "lr", "checkpoint_every", "keep_last", "seed", "num_workers")
+        for name in ("steps", "batch_size", "lr", "warmup_steps", "checkpoint_every", "keep_last", "seed", "num_workers")
         if getattr(args, name, None) is not None
     }
     if getattr(args, "time_budget", None) is not None:

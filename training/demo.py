@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class DemoPlan:
     train_steps: int = 1000
     batch_size: int = 32
     lr: float = 5e-4
+    warmup_steps: int = 200
+    # Preset overrides as (field, JSON value) pairs, as `vla train --set` takes them; a "head"
+    # value is a head config dict, e.g. ("head", {"type": "regression"}).
+    model_overrides: tuple[tuple[str, Any], ...] = ()
     eval_episodes_per_task: int = 10
     # ACT-style temporal ensembling (vla eval --temporal-ensemble): re-plan every step and
     # average the overlapping chunks. Executing whole chunks open loop closed the gripper ~1 cm
@@ -75,6 +80,75 @@ def _training_finished(run_dir: Path, planned_steps: int) -> bool:
     return summary.get("planned_steps", summary["steps"]) >= planned_steps
 
 
+
+def collect_plan_dataset(plan: DemoPlan, dataset_dir: Path):
+    """The plan's demonstrations in ``dataset_dir`` (vla collect; resumes a partial dataset)."""
+    from envs.collect import CollectConfig, collect
+
+    return collect(CollectConfig(
+        suite=plan.suite, task_ids=plan.task_ids, episodes_per_task=plan.episodes_per_task,
+        out=dataset_dir, image_size=plan.image_size, renderer=plan.renderer, workers=plan.workers,
+        # Evaluation starts from init states 0..E-1 (the standard protocol); the demonstrations
+        # come from the init states after those, so the score is on starts never trained on.
+        first_init_state=plan.eval_episodes_per_task,
+        action_noise=plan.action_noise,
+    ))
+
+
+def plan_model_config(plan: DemoPlan):
+    from vla import presets
+    from vla.heads import head_config_from_dict
+
+    overrides = {key: head_config_from_dict(value) if key == "head" and isinstance(value, dict) else value
+                 for key, value in plan.model_overrides}
+    return presets.get(plan.preset, image_size=plan.image_size, **overrides)
+
+
+def train_plan_run(plan: DemoPlan, dataset_dir: Path, run_dir: Path, *,
+                   time_budget_s: float | None = None, command: str | None = None) -> dict:
+    """Trains the plan's recipe into ``run_dir`` (continuing an interrupted run from its last
+    checkpoint; a finished run is kept) and returns its train_summary.json."""
+    from training.checkpoints import latest_checkpoint
+    from training.train import TrainConfig, train
+
+    if not _training_finished(run_dir, plan.train_steps):
+        existing = latest_checkpoint(run_dir / "checkpoints")
+        train(model_config=plan_model_config(plan),
+              train_config=TrainConfig(steps=plan.train_steps, batch_size=plan.batch_size, lr=plan.lr,
+                                       warmup_steps=plan.warmup_steps,
+                                       checkpoint_every=max(1, plan.train_steps // 4),
+                                       time_budget_s=time_budget_s),
+              dataset_dir=dataset_dir, run_dir=run_dir, resume=existing is not None,
+              command=command)
+    return json.loads((run_dir / "train_summary.json").read_text())
+
+
+def evaluate_plan_checkpoint(plan: DemoPlan, checkpoint: Path, eval_dir: Path, *,
+                             first_init_state: int = 0, episodes_per_task: int | None = None,
+                             command: str | None = None) -> dict:
+    """The standard protocol on the plan's tasks with the plan's evaluation settings; keeps the
+    episodes an interrupted evaluation of the same checkpoint finished. Returns results.json."""
+    from training.cli import evaluate_and_report, open_journal
+    from training.eval_protocol import EvalProtocol
+    from training.policy_specs import CheckpointPolicySpec
+
+    ensembled = plan.temporal_ensemble is not None
+    protocol = EvalProtocol(suite=plan.suite, task_ids=plan.task_ids,
+                            episodes_per_task=episodes_per_task or plan.eval_episodes_per_task,
+                            first_init_state=first_init_state,
+                            image_size=plan.image_size, renderer=plan.renderer,
+                            n_action_steps=1 if ensembled else None)
+    policy = CheckpointPolicySpec(str(Path(checkpoint).resolve()),
+                                  temporal_ensemble_coeff=plan.temporal_ensemble,
+                                  n_action_steps=1 if ensembled else None)
+    try:  # a re-run keeps the episodes an interrupted evaluation of this checkpoint finished
+        journal = open_journal(eval_dir, protocol, policy, resume=True)
+    except ValueError:  # no journal yet, or one for another checkpoint: start afresh
+        journal = open_journal(eval_dir, protocol, policy, resume=False)
+    return evaluate_and_report(policy, protocol, eval_dir, workers=plan.workers, video=False,
+                               command=command, journal=journal)
+
+
 def _stage(title: str) -> None:
     from rich.console import Console
 
@@ -91,18 +165,9 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
 
     _stage(f"1/3 collect: {plan.suite} tasks {list(plan.task_ids)}, "
            f"{plan.episodes_per_task} demos each")
-    from envs.collect import CollectConfig, collect
-
     started = time.monotonic()
     dataset_dir = out / "dataset"
-    report = collect(CollectConfig(
-        suite=plan.suite, task_ids=plan.task_ids, episodes_per_task=plan.episodes_per_task,
-        out=dataset_dir, image_size=plan.image_size, renderer=plan.renderer, workers=plan.workers,
-        # Evaluation starts from init states 0..E-1 (the standard protocol); the demonstrations
-        # come from the init states after those, so the score is on starts never trained on.
-        first_init_state=plan.eval_episodes_per_task,
-        action_noise=plan.action_noise,
-    ))
+    report = collect_plan_dataset(plan, dataset_dir)
     timings["collect_s"] = time.monotonic() - started
     print(report.table() if hasattr(report, "table") else report)
 
@@ -110,45 +175,16 @@ def run_demo_pipeline(out: Path, command: str | None = None, plan: DemoPlan | No
     budget_note = f", within {budget_s / 60:.1f} min" if budget_s is not None else ""
     _stage(f"2/3 train: preset {plan.preset}, {plan.train_steps} steps, batch {plan.batch_size}"
            f"{budget_note}")
-    from training.checkpoints import latest_checkpoint
-    from training.train import TrainConfig, train
-    from vla import presets
-
     started = time.monotonic()
     run_dir = out / "run"
-    existing = latest_checkpoint(run_dir / "checkpoints")
-    if not _training_finished(run_dir, plan.train_steps):
-        model_config = presets.get(plan.preset, image_size=plan.image_size)
-        train(model_config=model_config,
-              train_config=TrainConfig(steps=plan.train_steps, batch_size=plan.batch_size, lr=plan.lr,
-                                       checkpoint_every=max(1, plan.train_steps // 4),
-                                       time_budget_s=budget_s),
-              dataset_dir=dataset_dir, run_dir=run_dir, resume=existing is not None,
-              command=command)
+    trained_steps = train_plan_run(plan, dataset_dir, run_dir, time_budget_s=budget_s,
+                                   command=command)["steps"]
     timings["train_s"] = time.monotonic() - started
-    trained_steps = json.loads((run_dir / "train_summary.json").read_text())["steps"]
 
     _stage(f"3/3 evaluate: {plan.eval_episodes_per_task} episodes per task, standard protocol")
-    from training.cli import evaluate_and_report, open_journal
-    from training.eval_protocol import EvalProtocol
-    from training.policy_specs import CheckpointPolicySpec
-
     started = time.monotonic()
     eval_dir = out / "eval"
-    ensembled = plan.temporal_ensemble is not None
-    protocol = EvalProtocol(suite=plan.suite, task_ids=plan.task_ids,
-                            episodes_per_task=plan.eval_episodes_per_task,
-                            image_size=plan.image_size, renderer=plan.renderer,
-                            n_action_steps=1 if ensembled else None)
-    checkpoint = (run_dir / "checkpoints" / "last").resolve()
-    policy = CheckpointPolicySpec(str(checkpoint), temporal_ensemble_coeff=plan.temporal_ensemble,
-                                  n_action_steps=1 if ensembled else None)
-    try:  # a re-run keeps the episodes an interrupted evaluation of this checkpoint finished
-        journal = open_journal(eval_dir, protocol, policy, resume=True)
-    except ValueError:  # no journal yet, or one for another checkpoint: start afresh
-        journal = open_journal(eval_dir, protocol, policy, resume=False)
-    summary = evaluate_and_report(policy, protocol, eval_dir, workers=plan.workers, video=False,
-                                  command=command, journal=journal)
+    summary = evaluate_plan_checkpoint(plan, run_dir / "checkpoints" / "last", eval_dir, command=command)
     timings["eval_s"] = time.monotonic() - started
 
     print((eval_dir / "results.md").read_text())

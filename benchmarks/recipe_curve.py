@@ -1,0 +1,200 @@
+"""`vla bench recipe`: the learning-efficiency curve, success of a training recipe against its
+number of training steps, scored with the standard protocol on starts it never trained on.
+
+It is the figure a recipe change is judged by, and unlike wall time it does not depend on the
+machine's speed. Every point is its own training run with the whole schedule (warm-up, cosine
+to zero at N steps), the way `vla train --steps N` would train it; an intermediate checkpoint of
+one long run would be scored at a high learning rate and say little about N steps. All points
+train on the same dataset with the same seed, so the points differ in their step count alone.
+
+    vla bench recipe --out outputs/recipe [--steps 250,500,1000] [--label default]
+                     [--dataset DIR] [--preset small] [--set FIELD=VALUE ...] [--lr LR]
+                     [--batch-size N] [--warmup-steps N] [--first-init-state K]
+
+The defaults are the `vla demo` recipe (training/demo.py, DemoPlan): LIBERO-Object tasks 0 and
+1, 25 DART demonstrations each from init states 10-34, `small` at batch 32 and lr 5e-4, 10
+ensembled evaluation episodes per task from init states 0-9. Without ``--dataset`` the demo's
+dataset is collected into OUT/dataset once and shared by every label. ``--set`` and the optimizer
+flags change the recipe; ``--label`` names it (OUT/LABEL/steps_N/{run,eval}). ``--first-init-state
+35 --episodes-per-task 15`` scores the starts neither the demonstrations nor the demo use.
+
+Re-running the same command resumes: finished runs and evaluations are kept, an interrupted run
+continues from its last checkpoint, an interrupted evaluation from its journal. Writes
+OUT/LABEL/recipe_curve.json (one row per point, with the commands) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.machine import machine_info
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "recipe", help="Success against training steps (learning-efficiency curve).",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, required=True, help="benchmark folder")
+    parser.add_argument("--steps", default="250,500,1000",
+                        help="comma-separated training step counts, one run each")
+    parser.add_argument("--label", default="default", help="name of this recipe (a sub-folder of --out)")
+    parser.add_argument("--dataset", type=Path, default=None,
+                        help="LeRobot dataset to train on (default: collect the demo's into OUT/dataset)")
+    parser.add_argument("--preset", default=None, help="model preset (default: the demo's)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="model preset override, as for vla train (repeatable)")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--episodes-per-task", type=int, default=None,
+                        help="evaluation episodes per task (default: the demo's 10)")
+    parser.add_argument("--first-init-state", type=int, default=0, metavar="K",
+                        help="evaluation episode k starts from init state K + k")
+    parser.set_defaults(func=run)
+
+
+def parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--steps {text!r}: expected comma-separated integers, e.g. 250,500,1000") from None
+    if not steps or any(n <= 0 for n in steps):
+        raise ValueError(f"--steps {text!r}: expected positive step counts, e.g. 250,500,1000")
+    return sorted(set(steps))
+
+
+def plan_from_args(args: argparse.Namespace):
+    """The demo's plan with this command's recipe changes."""
+    from training.cli import _parse_overrides
+    from training.demo import DemoPlan
+
+    plan = DemoPlan()
+    changes: dict[str, Any] = {}
+    for flag, field in (("preset", "preset"), ("lr", "lr"), ("batch_size", "batch_size"),
+                        ("warmup_steps", "warmup_steps"), ("episodes_per_task", "eval_episodes_per_task")):
+        if getattr(args, flag) is not None:
+            changes[field] = getattr(args, flag)
+    if args.set:
+        _parse_overrides(args.set)  # fails early, naming the bad pair
+        raw = {}
+        for pair in args.set:
+            key, value = pair.split("=", 1)
+            try:
+                raw[key] = json.loads(value)
+            except json.JSONDecodeError:
+                raw[key] = value
+        changes["model_overrides"] = tuple(raw.items())
+    return dataclasses.replace(plan, **changes)
+
+
+def curve_row(steps: int, train_summary: dict, eval_summary: dict) -> dict[str, Any]:
+    """One point of the curve from a run's train_summary.json and its evaluation's results.json."""
+    from training.stats import wilson_interval
+
+    tasks = eval_summary["tasks"]
+    successes = sum(t["successes"] for t in tasks)
+    episodes = sum(t["episodes"] for t in tasks)
+    low, high = wilson_interval(successes, episodes)
+    return {
+        "steps": steps,
+        # fewer than planned only when a run was stopped by a time budget (none is set here)
+        "trained_steps": train_summary["steps"],
+        "train_wall_s": train_summary["wall_time_s"],
+        "final_loss": train_summary["final_loss"],
+        "per_task": {str(t["task_id"]): [t["successes"], t["episodes"]] for t in tasks},
+        "successes": successes,
+        "episodes": episodes,
+        "success_rate": successes / episodes,
+        "wilson95": [low, high],
+    }
+
+
+def format_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Table cells per row: steps, success k/n, %, Wilson interval, per task, train minutes, loss."""
+    cells = []
+    for row in rows:
+        low, high = row["wilson95"]
+        per_task = " ".join(f"t{task} {k}/{n}" for task, (k, n) in row["per_task"].items())
+        cells.append([str(row["steps"]), f"{row['successes']}/{row['episodes']}",
+                      f"{100 * row['success_rate']:.0f} %", f"{100 * low:.0f}-{100 * high:.0f} %",
+                      per_task, f"{row['train_wall_s'] / 60:.1f}", f"{row['final_loss']:.4f}"])
+    return cells
+
+
+def _command_for(plan, dataset_dir: Path, run_dir: Path) -> str:
+    """The `vla train` command that trains this point alone (recorded beside its numbers)."""
+    parts = [".venv/bin/vla", "train", "--preset", plan.preset, "--dataset", str(dataset_dir),
+             "--out", str(run_dir), "--steps", str(plan.train_steps), "--batch-size", str(plan.batch_size),
+             "--lr", str(plan.lr), "--warmup-steps", str(plan.warmup_steps), "--checkpoint-every", str(max(1, plan.train_steps // 4)),
+             "--set", f"image_size={plan.image_size}"]
+    for key, value in plan.model_overrides:
+        parts += ["--set", f"{key}={json.dumps(value)}"]
+    return shlex.join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from rich.console import Console
+    from rich.table import Table
+
+    from training.demo import collect_plan_dataset, evaluate_plan_checkpoint, train_plan_run
+
+    try:
+        step_counts = parse_steps(args.steps)
+        plan = plan_from_args(args)
+        if args.first_init_state < 0:
+            raise ValueError(f"--first-init-state {args.first_init_state}: expected an integer >= 0")
+    except (ValueError, SystemExit) as error:
+        print(f"vla bench recipe: error: {error}", file=sys.stderr)
+        return 2
+    if plan.warmup_steps >= min(step_counts):
+        print(f"vla bench recipe: error: --warmup-steps {plan.warmup_steps} is not below the "
+              f"shortest run ({min(step_counts)} steps)", file=sys.stderr)
+        return 2
+    console = Console()
+    machine = machine_info("torch", "mujoco")
+    command = shlex.join(["vla", "bench", "recipe", *sys.argv[3:]]) if sys.argv[1:3] == ["bench", "recipe"] \
+        else shlex.join(sys.argv)
+    dataset_dir = args.dataset or args.out / "dataset"
+    if args.dataset is None:
+        console.rule(f"[bold]dataset: the demo's ({plan.episodes_per_task} demos x tasks {list(plan.task_ids)})")
+        collect_plan_dataset(plan, dataset_dir)
+    label_dir = args.out / args.label
+    eval_name = "eval" if args.first_init_state == 0 else f"eval_init{args.first_init_state}"
+    rows = []
+    for steps in step_counts:
+        point = dataclasses.replace(plan, train_steps=steps)
+        run_dir = label_dir / f"steps_{steps}" / "run"
+        console.rule(f"[bold]{args.label}: {steps} training steps")
+        train_summary = train_plan_run(point, dataset_dir, run_dir, command=_command_for(point, dataset_dir, run_dir))
+        eval_summary = evaluate_plan_checkpoint(
+            point, run_dir / "checkpoints" / "last", label_dir / f"steps_{steps}" / eval_name,
+            first_init_state=args.first_init_state, command=command)
+        rows.append(curve_row(steps, train_summary, eval_summary)
+                    | {"train_command": _command_for(point, dataset_dir, run_dir)})
+
+    table = Table(title=f"recipe curve '{args.label}': {plan.preset}, tasks {list(plan.task_ids)}, "
+                        f"init states {args.first_init_state}-{args.first_init_state + plan.eval_episodes_per_task - 1}")
+    for column in ("steps", "success", "rate", "Wilson 95 %", "per task", "train min", "final loss"):
+        table.add_column(column, justify="right")
+    for cells in format_rows(rows):
+        table.add_row(*cells)
+    console.print(table)
+    report = {"benchmark": "recipe", "label": args.label, "command": command,
+              "plan": dataclasses.asdict(plan) | {"train_steps": step_counts},
+              "dataset": str(dataset_dir), "first_init_state": args.first_init_state,
+              "rows": rows, "machine": machine}
+    out_path = label_dir / ("recipe_curve.json" if args.first_init_state == 0
+                            else f"recipe_curve_init{args.first_init_state}.json")
+    out_path.write_text(json.dumps(report, indent=2))
+    console.print(f"wrote {out_path}")
+    return 0

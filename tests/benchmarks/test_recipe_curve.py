@@ -1,0 +1,71 @@
+"""`vla bench recipe`: the curve's row arithmetic, its table cells and how command-line recipe
+changes reach the demo plan (the runs themselves are the demo's stages, tested with the demo)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from benchmarks import recipe_curve
+from training.demo import DemoPlan, plan_model_config
+
+
+def _eval_summary(per_task: dict[int, tuple[int, int]]) -> dict:
+    return {"tasks": [{"task_id": t, "successes": k, "episodes": n} for t, (k, n) in per_task.items()]}
+
+
+def test_curve_row_pools_tasks_and_carries_the_run():
+    row = recipe_curve.curve_row(500, {"steps": 500, "wall_time_s": 540.0, "final_loss": 0.0312},
+                                 _eval_summary({0: (7, 10), 1: (10, 10)}))
+    assert (row["successes"], row["episodes"]) == (17, 20)
+    assert row["success_rate"] == pytest.approx(0.85)
+    low, high = row["wilson95"]
+    assert 0.63 < low < 0.65 and 0.94 < high < 0.96  # Wilson 95 % of 17/20: 64-95 %
+    assert row["per_task"] == {"0": [7, 10], "1": [10, 10]}
+    assert (row["steps"], row["trained_steps"], row["train_wall_s"]) == (500, 500, 540.0)
+
+    cells = recipe_curve.format_rows([row])[0]
+    assert cells[:4] == ["500", "17/20", "85 %", "64-95 %"]
+    assert cells[4] == "t0 7/10 t1 10/10" and cells[5] == "9.0"
+
+
+def test_curve_row_at_zero_successes_has_a_closed_lower_bound():
+    row = recipe_curve.curve_row(250, {"steps": 250, "wall_time_s": 1.0, "final_loss": 1.0},
+                                 _eval_summary({0: (0, 10), 1: (0, 10)}))
+    assert row["wilson95"][0] == 0.0 and row["success_rate"] == 0.0
+
+
+@pytest.mark.parametrize("text", ["", "0,500", "a,b", "-5"])
+def test_parse_steps_rejects_bad_lists(text):
+    with pytest.raises(ValueError, match="--steps"):
+        recipe_curve.parse_steps(text)
+
+
+def test_parse_steps_sorts_and_deduplicates():
+    assert recipe_curve.parse_steps("1000,250,500,250") == [250, 500, 1000]
+
+
+def _args(**changes) -> argparse.Namespace:
+    base = dict(preset=None, lr=None, batch_size=None, warmup_steps=None, episodes_per_task=None, set=[])
+    return argparse.Namespace(**(base | changes))
+
+
+def test_plan_from_args_defaults_to_the_demo_recipe():
+    assert recipe_curve.plan_from_args(_args()) == DemoPlan()
+
+
+def test_plan_from_args_applies_recipe_changes_and_builds_the_head():
+    plan = recipe_curve.plan_from_args(_args(lr=1e-3, warmup_steps=50, preset="tiny",
+                                             set=['head={"type": "regression"}', "chunk_size=4"]))
+    assert (plan.lr, plan.warmup_steps, plan.preset) == (1e-3, 50, "tiny")
+    config = plan_model_config(plan)
+    assert config.head.type == "regression" and config.chunk_size == 4
+    assert config.image_size == plan.image_size  # the plan's image size, not the preset's
+
+
+def test_train_command_reproduces_the_point():
+    plan = recipe_curve.plan_from_args(_args(set=['head={"type": "regression"}']))
+    command = recipe_curve._command_for(plan, "D", "R")
+    assert "--steps 1000" in command and "--warmup-steps 200" in command
+    assert """--set 'head={"type": "regression"}'""" in command
