@@ -24,6 +24,11 @@ from robots import onnx_runtime as rt
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PY310 = Path("/root/.pyenv/versions/3.10.13/bin/python")
+# Whole-sampler comparisons (several denoising steps, any batch size) against PyTorch. onnxruntime
+# picks other GEMM kernels than PyTorch, and each step of an untrained model feeds its rounding into
+# the next: a CI machine measured 2.6e-4 on one of 140 entries at batch 5. A wrong graph (a frozen
+# batch or text axis, a missing step) is off by O(0.1-1), so 1e-3 still catches every real defect.
+SAMPLER_ATOL = 1e-3
 
 
 def _random_stats(dim: int, rng: np.random.Generator) -> dict:
@@ -117,7 +122,7 @@ def test_graphs_have_dynamic_batch_and_text_length(tiny_export, tiny_policy):
         expected = model.sample_actions(batch, noise=noise).numpy()
     got = exported.sample_actions(**ex.to_numpy_feeds(model, batch), noise=noise.numpy())
     assert got.shape == (5, model.config.chunk_size, model.config.action_dim)
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=SAMPLER_ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("size", [(32, 32), (48, 40), (20, 24)])
@@ -129,7 +134,7 @@ def test_onnx_policy_matches_vla_policy(tiny_export, tiny_policy, size):
     expected = tiny_policy.infer(obs, noise=noise)["actions"]
     got = policy.infer(obs, noise=noise)["actions"]
     assert got.dtype == np.float32 and got.shape == expected.shape == (4, 7)
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=SAMPLER_ATOL, rtol=0)
     for key, value in before.items():  # the observation is not modified
         assert np.array_equal(obs[key], value) if isinstance(value, np.ndarray) else obs[key] == value
 
@@ -141,7 +146,7 @@ def test_other_exported_step_count_matches_vla_policy(tiny_export, tiny_policy):
     noise = np.random.default_rng(8).standard_normal((4, 7)).astype(np.float32)
     expected = VLAPolicy(tiny_policy.model, num_steps=2).infer(obs, noise=noise)["actions"]
     got = rt.OnnxPolicy(tiny_export["out"], num_steps=2).infer(obs, noise=noise)["actions"]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=SAMPLER_ATOL, rtol=0)
     default = rt.OnnxPolicy(tiny_export["out"]).infer(obs, noise=noise)["actions"]
     assert np.abs(default - got).max() > 1e-3  # 5 steps really differ from 2
 
@@ -432,4 +437,4 @@ def test_other_heads_export_with_parity(tmp_path, head):
     noise = np.random.default_rng(0).standard_normal((4, 7)).astype(np.float32)
     np.testing.assert_allclose(rt.OnnxPolicy(tmp_path / "onnx").infer(obs, noise=noise)["actions"],
                                VLAPolicy.from_checkpoint(checkpoint).infer(obs, noise=noise)["actions"],
-                               atol=1e-4, rtol=0)
+                               atol=SAMPLER_ATOL, rtol=0)
