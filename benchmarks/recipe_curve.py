@@ -7,13 +7,15 @@ to zero at N steps), the way `vla train --steps N` would train it; an intermedia
 one long run would be scored at a high learning rate and say little about N steps. All points
 train on the same dataset with the same seed, so the points differ in their step count alone.
 
-    vla bench recipe --out outputs/recipe [--steps 250,500,1000] [--label default]
-                     [--dataset DIR] [--preset small] [--set FIELD=VALUE ...] [--lr LR]
-                     [--batch-size N] [--warmup-steps N] [--first-init-state K]
+    vla bench recipe --out outputs/recipe [--steps 250,500,1000] [--recipe regression|diffusion]
+                     [--label NAME] [--dataset DIR] [--preset small] [--set FIELD=VALUE ...]
+                     [--lr LR] [--batch-size N] [--warmup-steps N] [--first-init-state K]
 
 The defaults are the `vla demo` recipe (training/demo.py, DemoPlan): LIBERO-Object tasks 0 and
-1, 25 DART demonstrations each from init states 10-34, `small` at batch 32 and lr 5e-4, 10
-ensembled evaluation episodes per task from init states 0-9. Without ``--dataset`` the demo's
+1, 25 DART demonstrations each from init states 10-34, `small` with the L1-regression head at
+batch 32, lr 5e-4 and 50 warm-up steps, 10 ensembled evaluation episodes per task from init
+states 0-9; ``--recipe diffusion`` starts from the recipe it replaced (the preset's diffusion
+head, 200 warm-up steps). Without ``--dataset`` the demo's
 dataset is collected into OUT/dataset once and shared by every label. ``--set`` and the optimizer
 flags change the recipe; ``--label`` names it (OUT/LABEL/steps_N/{run,eval}). ``--first-init-state
 35 --episodes-per-task 15`` scores the starts neither the demonstrations nor the demo use.
@@ -45,12 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="benchmark folder")
     parser.add_argument("--steps", default="250,500,1000",
                         help="comma-separated training step counts, one run each")
-    parser.add_argument("--label", default="default", help="name of this recipe (a sub-folder of --out)")
+    parser.add_argument("--label", default=None,
+                        help="name of this recipe variant, a sub-folder of --out (default: --recipe)")
     parser.add_argument("--dataset", type=Path, default=None,
                         help="LeRobot dataset to train on (default: collect the demo's into OUT/dataset)")
-    parser.add_argument("--preset", default=None, help="model preset (default: the demo's)")
+    parser.add_argument("--recipe", default="regression",
+                        help="named demo recipe to start from (training/demo.py RECIPES): "
+                             "regression (today's default) or diffusion (the default until 2026-12-03)")
+    parser.add_argument("--preset", default=None, help="model preset (default: the recipe's)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="model preset override, as for vla train (repeatable)")
+                        help="model preset override, as for vla train (repeatable); replaces the "
+                             "recipe's override of the same field")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--warmup-steps", type=int, default=None)
@@ -72,11 +79,11 @@ def parse_steps(text: str) -> list[int]:
 
 
 def plan_from_args(args: argparse.Namespace):
-    """The demo's plan with this command's recipe changes."""
+    """The named demo recipe with this command's changes."""
     from training.cli import _parse_overrides
-    from training.demo import DemoPlan
+    from training.demo import recipe
 
-    plan = DemoPlan()
+    plan = recipe(args.recipe)
     changes: dict[str, Any] = {}
     for flag, field in (("preset", "preset"), ("lr", "lr"), ("batch_size", "batch_size"),
                         ("warmup_steps", "warmup_steps"), ("episodes_per_task", "eval_episodes_per_task")):
@@ -84,7 +91,7 @@ def plan_from_args(args: argparse.Namespace):
             changes[field] = getattr(args, flag)
     if args.set:
         _parse_overrides(args.set)  # fails early, naming the bad pair
-        raw = {}
+        raw = dict(plan.model_overrides)  # the recipe's own, each replaced by a --set of its field
         for pair in args.set:
             key, value = pair.split("=", 1)
             try:
@@ -168,13 +175,14 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset is None:
         console.rule(f"[bold]dataset: the demo's ({plan.episodes_per_task} demos x tasks {list(plan.task_ids)})")
         collect_plan_dataset(plan, dataset_dir)
-    label_dir = args.out / args.label
+    label = args.label or args.recipe
+    label_dir = args.out / label
     eval_name = "eval" if args.first_init_state == 0 else f"eval_init{args.first_init_state}"
     rows = []
     for steps in step_counts:
         point = dataclasses.replace(plan, train_steps=steps)
         run_dir = label_dir / f"steps_{steps}" / "run"
-        console.rule(f"[bold]{args.label}: {steps} training steps")
+        console.rule(f"[bold]{label}: {steps} training steps")
         train_summary = train_plan_run(point, dataset_dir, run_dir, command=_command_for(point, dataset_dir, run_dir))
         eval_summary = evaluate_plan_checkpoint(
             point, run_dir / "checkpoints" / "last", label_dir / f"steps_{steps}" / eval_name,
@@ -182,14 +190,14 @@ def run(args: argparse.Namespace) -> int:
         rows.append(curve_row(steps, train_summary, eval_summary)
                     | {"train_command": _command_for(point, dataset_dir, run_dir)})
 
-    table = Table(title=f"recipe curve '{args.label}': {plan.preset}, tasks {list(plan.task_ids)}, "
+    table = Table(title=f"recipe curve '{label}': {plan.preset}, tasks {list(plan.task_ids)}, "
                         f"init states {args.first_init_state}-{args.first_init_state + plan.eval_episodes_per_task - 1}")
     for column in ("steps", "success", "rate", "Wilson 95 %", "per task", "train min", "final loss"):
         table.add_column(column, justify="right")
     for cells in format_rows(rows):
         table.add_row(*cells)
     console.print(table)
-    report = {"benchmark": "recipe", "label": args.label, "command": command,
+    report = {"benchmark": "recipe", "label": label, "recipe": args.recipe, "command": command,
               "plan": dataclasses.asdict(plan) | {"train_steps": step_counts},
               "dataset": str(dataset_dir), "first_init_state": args.first_init_state,
               "rows": rows, "machine": machine}

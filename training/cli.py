@@ -363,13 +363,45 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="End to end: collect demos, train, evaluate, print the table.")
     parser.add_argument("--out", default="outputs/demo", help="folder for dataset, run and eval")
+    parser.add_argument("--recipe", default="regression",
+                        help="named recipe (training/demo.py RECIPES): regression (default) or "
+                             "diffusion (the default until 2026-12-03)")
+    parser.add_argument("--train-steps", type=int, default=None, metavar="N",
+                        help="training steps (default: the recipe's, 500 for regression)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="MIN",
+                        help="wall-clock target for the whole demo in minutes (default 29); "
+                             "training gets what is left after collection and an evaluation reserve")
     parser.set_defaults(func=run_demo)
+
+
+def demo_plan_from_args(args: argparse.Namespace):
+    """The named recipe with this command's changes; bad values name the flag."""
+    import dataclasses
+
+    from training.demo import recipe
+
+    plan = recipe(args.recipe)
+    if args.train_steps is not None:
+        if args.train_steps <= plan.warmup_steps:
+            raise ValueError(f"--train-steps {args.train_steps}: expected more than the recipe's "
+                             f"{plan.warmup_steps} warm-up steps")
+        plan = dataclasses.replace(plan, train_steps=args.train_steps)
+    if args.time_budget is not None:
+        if not args.time_budget > 0:
+            raise ValueError(f"--time-budget {args.time_budget}: expected minutes > 0")
+        plan = dataclasses.replace(plan, time_budget_min=args.time_budget)
+    return plan
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from training.demo import run_demo_pipeline
 
-    return run_demo_pipeline(Path(args.out), command=_command_line())
+    try:
+        plan = demo_plan_from_args(args)
+    except ValueError as error:
+        print(f"vla demo: error: {error}", file=sys.stderr)
+        return 2
+    return run_demo_pipeline(Path(args.out), command=_command_line(), plan=plan)
 
 
 def _command_line() -> str:

@@ -47,12 +47,30 @@ def test_parse_steps_sorts_and_deduplicates():
 
 
 def _args(**changes) -> argparse.Namespace:
-    base = dict(preset=None, lr=None, batch_size=None, warmup_steps=None, episodes_per_task=None, set=[])
+    base = dict(recipe="regression", preset=None, lr=None, batch_size=None, warmup_steps=None,
+                episodes_per_task=None, set=[])
     return argparse.Namespace(**(base | changes))
 
 
 def test_plan_from_args_defaults_to_the_demo_recipe():
     assert recipe_curve.plan_from_args(_args()) == DemoPlan()
+
+
+def test_named_recipes_are_the_demo_default_and_the_diffusion_recipe_it_replaced():
+    plan = recipe_curve.plan_from_args(_args(recipe="diffusion"))
+    assert (plan.train_steps, plan.warmup_steps, plan.model_overrides) == (1000, 200, ())
+    assert plan_model_config(plan).head.type == "diffusion"
+    assert plan_model_config(DemoPlan()).head.type == "regression"
+    with pytest.raises(ValueError, match="--recipe 'flow'.*regression, diffusion"):
+        recipe_curve.plan_from_args(_args(recipe="flow"))
+
+
+def test_set_replaces_the_recipes_override_of_its_field_and_keeps_the_others():
+    plan = recipe_curve.plan_from_args(_args(set=['vision.stem="conv"']))
+    config = plan_model_config(plan)
+    assert config.head.type == "regression" and config.vision.stem == "conv"
+    flow = plan_model_config(recipe_curve.plan_from_args(_args(set=['head={"type": "flow"}'])))
+    assert flow.head.type == "flow"
 
 
 def test_plan_from_args_applies_recipe_changes_and_builds_the_head():
@@ -65,7 +83,7 @@ def test_plan_from_args_applies_recipe_changes_and_builds_the_head():
 
 
 def test_train_command_reproduces_the_point():
-    plan = recipe_curve.plan_from_args(_args(set=['head={"type": "regression"}']))
+    plan = recipe_curve.plan_from_args(_args())
     command = recipe_curve._command_for(plan, "D", "R")
-    assert "--steps 1000" in command and "--warmup-steps 200" in command
+    assert "--steps 500" in command and "--warmup-steps 50" in command
     assert """--set 'head={"type": "regression"}'""" in command
