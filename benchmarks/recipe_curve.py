@@ -141,7 +141,7 @@ def _command_for(plan, dataset_dir: Path, run_dir: Path) -> str:
     parts = [".venv/bin/vla", "train", "--preset", plan.preset, "--dataset", str(dataset_dir),
              "--out", str(run_dir), "--steps", str(plan.train_steps), "--batch-size", str(plan.batch_size),
              "--lr", str(plan.lr), "--warmup-steps", str(plan.warmup_steps), "--checkpoint-every", str(max(1, plan.train_steps // 4)),
-             "--set", f"image_size={plan.image_size}"]
+             "--seed", str(plan.seed), "--set", f"image_size={plan.image_size}"]
     for key, value in plan.model_overrides:
         parts += ["--set", f"{key}={json.dumps(value)}"]
     return shlex.join(parts)

@@ -368,6 +368,8 @@ def _register_demo(subparsers: argparse._SubParsersAction) -> None:
                              "diffusion (the default until 2026-12-03)")
     parser.add_argument("--train-steps", type=int, default=None, metavar="N",
                         help="training steps (default: the recipe's, 500 for regression)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="training seed (default 0); the demonstrations do not depend on it")
     parser.add_argument("--time-budget", type=float, default=None, metavar="MIN",
                         help="wall-clock target for the whole demo in minutes (default 29); "
                              "training gets what is left after collection and an evaluation reserve")
@@ -390,6 +392,10 @@ def demo_plan_from_args(args: argparse.Namespace):
         if not args.time_budget > 0:
             raise ValueError(f"--time-budget {args.time_budget}: expected minutes > 0")
         plan = dataclasses.replace(plan, time_budget_min=args.time_budget)
+    if args.seed is not None:
+        if args.seed < 0:
+            raise ValueError(f"--seed {args.seed}: expected an integer >= 0")
+        plan = dataclasses.replace(plan, seed=args.seed)
     return plan
 
 

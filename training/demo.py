@@ -40,6 +40,9 @@ class DemoPlan:
     lr: float = 5e-4
     # A short warm-up: with 200 of 500 steps below the peak rate the same run scored 10/20.
     warmup_steps: int = 50
+    # Training seed (initial weights, batches, noise). The demonstrations are seeded per start and
+    # do not depend on it: runs with different seeds on one dataset measure training's spread.
+    seed: int = 0
     # Preset overrides as (field, JSON value) pairs, as `vla train --set` takes them; a "head"
     # value is a head config dict. OpenVLA-OFT's L1 regression of the whole chunk: one forward
     # pass per sample in training (the diffusion head draws 8 noises) and none of the sampler's
@@ -133,7 +136,7 @@ def train_plan_run(plan: DemoPlan, dataset_dir: Path, run_dir: Path, *,
         existing = latest_checkpoint(run_dir / "checkpoints")
         train(model_config=plan_model_config(plan),
               train_config=TrainConfig(steps=plan.train_steps, batch_size=plan.batch_size, lr=plan.lr,
-                                       warmup_steps=plan.warmup_steps,
+                                       warmup_steps=plan.warmup_steps, seed=plan.seed,
                                        checkpoint_every=max(1, plan.train_steps // 4),
                                        time_budget_s=time_budget_s),
               dataset_dir=dataset_dir, run_dir=run_dir, resume=existing is not None,

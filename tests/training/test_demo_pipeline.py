@@ -22,19 +22,21 @@ def test_training_budget_keeps_an_evaluation_reserve_scaled_from_collection_spee
 
 
 def _demo_args(**changes) -> argparse.Namespace:
-    return argparse.Namespace(**(dict(recipe="regression", train_steps=None, time_budget=None) | changes))
+    return argparse.Namespace(**(dict(recipe="regression", train_steps=None, time_budget=None, seed=None) | changes))
 
 
 def test_demo_flags_change_the_named_recipe():
     assert demo_plan_from_args(_demo_args()) == DemoPlan()
-    plan = demo_plan_from_args(_demo_args(recipe="diffusion", train_steps=600, time_budget=20.0))
+    plan = demo_plan_from_args(_demo_args(recipe="diffusion", train_steps=600, time_budget=20.0, seed=2))
     assert (plan.train_steps, plan.time_budget_min, plan.warmup_steps, plan.model_overrides) == (600, 20.0, 200, ())
+    assert plan.seed == 2
 
 
 @pytest.mark.parametrize("changes, message", [
     (dict(train_steps=50), "--train-steps 50: expected more than the recipe's 50 warm-up steps"),
     (dict(time_budget=0.0), "--time-budget 0.0: expected minutes > 0"),
     (dict(recipe="act"), "--recipe 'act': expected one of regression, diffusion"),
+    (dict(seed=-1), "--seed -1: expected an integer >= 0"),
 ])
 def test_demo_flags_reject_bad_values_naming_the_flag(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):
