@@ -8,8 +8,9 @@ one long run would be scored at a high learning rate and say little about N step
 train on the same dataset with the same seed, so the points differ in their step count alone.
 
     vla bench recipe --out outputs/recipe [--steps 250,500,1000] [--recipe regression|diffusion]
-                     [--label NAME] [--dataset DIR] [--preset small] [--set FIELD=VALUE ...]
-                     [--lr LR] [--batch-size N] [--warmup-steps N] [--first-init-state K]
+                     [--seeds 0,1,2] [--label NAME] [--dataset DIR] [--preset small]
+                     [--set FIELD=VALUE ...] [--lr LR] [--batch-size N] [--warmup-steps N]
+                     [--first-init-state K]
 
 The defaults are the `vla demo` recipe (training/demo.py, DemoPlan): LIBERO-Object tasks 0 and
 1, 25 DART demonstrations each from init states 10-34, `small` with the L1-regression head at
@@ -17,7 +18,9 @@ batch 32, lr 5e-4 and 50 warm-up steps, 10 ensembled evaluation episodes per tas
 states 0-9; ``--recipe diffusion`` starts from the recipe it replaced (the preset's diffusion
 head, 200 warm-up steps). Without ``--dataset`` the demo's
 dataset is collected into OUT/dataset once and shared by every label. ``--set`` and the optimizer
-flags change the recipe; ``--label`` names it (OUT/LABEL/steps_N/{run,eval}). ``--first-init-state
+flags change the recipe; ``--label`` names it (OUT/LABEL/steps_N/{run,eval}; seeds other than 0
+in OUT/LABEL/steps_N/seed_S/). ``--seeds 0,1,2`` trains each point once per seed and adds the
+median over seeds: one seed's score is not the recipe's (docs/training.md). ``--first-init-state
 35 --episodes-per-task 15`` scores the starts neither the demonstrations nor the demo use.
 
 Re-running the same command resumes: finished runs and evaluations are kept, an interrupted run
@@ -32,6 +35,7 @@ import dataclasses
 import json
 import os
 import shlex
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="benchmark folder")
     parser.add_argument("--steps", default="250,500,1000",
                         help="comma-separated training step counts, one run each")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated training seeds, one run per seed and step count; "
+                             "the summary gives the median over seeds (training's spread is wide)")
     parser.add_argument("--label", default=None,
                         help="name of this recipe variant, a sub-folder of --out (default: --recipe)")
     parser.add_argument("--dataset", type=Path, default=None,
@@ -76,6 +83,39 @@ def parse_steps(text: str) -> list[int]:
     if not steps or any(n <= 0 for n in steps):
         raise ValueError(f"--steps {text!r}: expected positive step counts, e.g. 250,500,1000")
     return sorted(set(steps))
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or any(seed < 0 for seed in seeds):
+        raise ValueError(f"--seeds {text!r}: expected seeds >= 0, e.g. 0,1,2")
+    return sorted(set(seeds))
+
+
+def point_dir(label_dir: Path, steps: int, seed: int) -> Path:
+    """OUT/LABEL/steps_N for seed 0 (the layout before --seeds), OUT/LABEL/steps_N/seed_S otherwise."""
+    base = label_dir / f"steps_{steps}"
+    return base if seed == 0 else base / f"seed_{seed}"
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per step count, over its seeds: the median, lowest and highest success rate, and the pooled
+    successes / episodes."""
+    by_steps: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_steps.setdefault(row["steps"], []).append(row)
+    summary = []
+    for steps, group in sorted(by_steps.items()):
+        rates = [row["success_rate"] for row in group]
+        summary.append({"steps": steps, "seeds": [row.get("seed", 0) for row in group],
+                        "median_success_rate": statistics.median(rates),
+                        "min_success_rate": min(rates), "max_success_rate": max(rates),
+                        "successes": sum(row["successes"] for row in group),
+                        "episodes": sum(row["episodes"] for row in group)})
+    return summary
 
 
 def plan_from_args(args: argparse.Namespace):
@@ -157,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         step_counts = parse_steps(args.steps)
+        seeds = parse_seeds(args.seeds)
         plan = plan_from_args(args)
         if args.first_init_state < 0:
             raise ValueError(f"--first-init-state {args.first_init_state}: expected an integer >= 0")
@@ -180,27 +221,40 @@ def run(args: argparse.Namespace) -> int:
     eval_name = "eval" if args.first_init_state == 0 else f"eval_init{args.first_init_state}"
     rows = []
     for steps in step_counts:
-        point = dataclasses.replace(plan, train_steps=steps)
-        run_dir = label_dir / f"steps_{steps}" / "run"
-        console.rule(f"[bold]{label}: {steps} training steps")
-        train_summary = train_plan_run(point, dataset_dir, run_dir, command=_command_for(point, dataset_dir, run_dir))
-        eval_summary = evaluate_plan_checkpoint(
-            point, run_dir / "checkpoints" / "last", label_dir / f"steps_{steps}" / eval_name,
-            first_init_state=args.first_init_state, command=command)
-        rows.append(curve_row(steps, train_summary, eval_summary)
-                    | {"train_command": _command_for(point, dataset_dir, run_dir)})
+        for seed in seeds:
+            point = dataclasses.replace(plan, train_steps=steps, seed=seed)
+            where = point_dir(label_dir, steps, seed)
+            run_dir = where / "run"
+            console.rule(f"[bold]{label}: {steps} training steps, seed {seed}")
+            train_summary = train_plan_run(point, dataset_dir, run_dir,
+                                           command=_command_for(point, dataset_dir, run_dir))
+            eval_summary = evaluate_plan_checkpoint(
+                point, run_dir / "checkpoints" / "last", where / eval_name,
+                first_init_state=args.first_init_state, command=command)
+            rows.append(curve_row(steps, train_summary, eval_summary)
+                        | {"seed": seed, "train_command": _command_for(point, dataset_dir, run_dir)})
 
     table = Table(title=f"recipe curve '{label}': {plan.preset}, tasks {list(plan.task_ids)}, "
                         f"init states {args.first_init_state}-{args.first_init_state + plan.eval_episodes_per_task - 1}")
-    for column in ("steps", "success", "rate", "Wilson 95 %", "per task", "train min", "final loss"):
+    for column in ("steps", "seed", "success", "rate", "Wilson 95 %", "per task", "train min", "final loss"):
         table.add_column(column, justify="right")
-    for cells in format_rows(rows):
-        table.add_row(*cells)
+    for row, cells in zip(rows, format_rows(rows)):
+        table.add_row(cells[0], str(row["seed"]), *cells[1:])
     console.print(table)
+    summary = seed_summary(rows)
+    if len(seeds) > 1:
+        over_seeds = Table(title=f"over seeds {seeds}")
+        for column in ("steps", "median", "lowest-highest", "pooled"):
+            over_seeds.add_column(column, justify="right")
+        for entry in summary:
+            over_seeds.add_row(str(entry["steps"]), f"{100 * entry['median_success_rate']:.0f} %",
+                               f"{100 * entry['min_success_rate']:.0f}-{100 * entry['max_success_rate']:.0f} %",
+                               f"{entry['successes']}/{entry['episodes']}")
+        console.print(over_seeds)
     report = {"benchmark": "recipe", "label": label, "recipe": args.recipe, "command": command,
               "plan": dataclasses.asdict(plan) | {"train_steps": step_counts},
               "dataset": str(dataset_dir), "first_init_state": args.first_init_state,
-              "rows": rows, "machine": machine}
+              "seeds": seeds, "rows": rows, "over_seeds": summary, "machine": machine}
     out_path = label_dir / ("recipe_curve.json" if args.first_init_state == 0
                             else f"recipe_curve_init{args.first_init_state}.json")
     out_path.write_text(json.dumps(report, indent=2))

@@ -87,3 +87,30 @@ def test_train_command_reproduces_the_point():
     command = recipe_curve._command_for(plan, "D", "R")
     assert "--steps 500" in command and "--warmup-steps 50" in command
     assert """--set 'head={"type": "regression"}'""" in command
+
+
+def test_parse_seeds_sorts_and_rejects_bad_lists():
+    assert recipe_curve.parse_seeds("2,0,1,0") == [0, 1, 2]
+    for text in ("", "a", "-1", "0,-2"):
+        with pytest.raises(ValueError, match="--seeds"):
+            recipe_curve.parse_seeds(text)
+
+
+def test_seed_zero_keeps_the_single_seed_layout_and_other_seeds_get_their_own_folder(tmp_path):
+    assert recipe_curve.point_dir(tmp_path, 500, 0) == tmp_path / "steps_500"
+    assert recipe_curve.point_dir(tmp_path, 500, 2) == tmp_path / "steps_500" / "seed_2"
+
+
+def test_seed_summary_gives_the_median_and_spread_per_step_count():
+    def row(steps, seed, k):
+        return recipe_curve.curve_row(steps, {"steps": steps, "wall_time_s": 1.0, "final_loss": 0.1},
+                                      _eval_summary({0: (k, 20)})) | {"seed": seed}
+
+    rows = [row(500, 0, 19), row(300, 0, 20), row(500, 1, 16), row(500, 2, 13), row(300, 1, 3)]
+    by_steps = {entry["steps"]: entry for entry in recipe_curve.seed_summary(rows)}
+    assert by_steps[500]["seeds"] == [0, 1, 2]
+    assert by_steps[500]["median_success_rate"] == pytest.approx(0.80)
+    assert (by_steps[500]["min_success_rate"], by_steps[500]["max_success_rate"]) == pytest.approx((0.65, 0.95))
+    assert (by_steps[500]["successes"], by_steps[500]["episodes"]) == (48, 60)
+    assert by_steps[300]["median_success_rate"] == pytest.approx(23 / 40)  # even count: the mean of the middle two
+    assert list(by_steps) == [300, 500]
