@@ -5,7 +5,7 @@ It is the figure a recipe change is judged by, and unlike wall time it does not 
 machine's speed. Every point is its own training run with the whole schedule (warm-up, cosine
 to zero at N steps), the way `vla train --steps N` would train it; an intermediate checkpoint of
 one long run would be scored at a high learning rate and say little about N steps. All points
-train on the same dataset with the same seed, so the points differ in their step count alone.
+train on the same dataset, so points of one seed differ in their step count alone.
 
     vla bench recipe --out outputs/recipe [--steps 250,500,1000] [--recipe regression|diffusion]
                      [--seeds 0,1,2] [--label NAME] [--dataset DIR] [--preset small]
@@ -75,24 +75,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_steps(text: str) -> list[int]:
+def _parse_int_list(text: str, flag: str, minimum: int, expected: str, example: str) -> list[int]:
+    """A comma-separated list of integers >= ``minimum``, sorted, without repeats."""
     try:
-        steps = [int(part) for part in text.split(",") if part.strip()]
+        values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--steps {text!r}: expected comma-separated integers, e.g. 250,500,1000") from None
-    if not steps or any(n <= 0 for n in steps):
-        raise ValueError(f"--steps {text!r}: expected positive step counts, e.g. 250,500,1000")
-    return sorted(set(steps))
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. {example}") from None
+    if not values or any(value < minimum for value in values):
+        raise ValueError(f"{flag} {text!r}: expected {expected}, e.g. {example}")
+    return sorted(set(values))
+
+
+def parse_steps(text: str) -> list[int]:
+    return _parse_int_list(text, "--steps", 1, "positive step counts", "250,500,1000")
 
 
 def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if not seeds or any(seed < 0 for seed in seeds):
-        raise ValueError(f"--seeds {text!r}: expected seeds >= 0, e.g. 0,1,2")
-    return sorted(set(seeds))
+    return _parse_int_list(text, "--seeds", 0, "seeds >= 0", "0,1,2")
 
 
 def point_dir(label_dir: Path, steps: int, seed: int) -> Path:
@@ -110,7 +109,7 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     summary = []
     for steps, group in sorted(by_steps.items()):
         rates = [row["success_rate"] for row in group]
-        summary.append({"steps": steps, "seeds": [row.get("seed", 0) for row in group],
+        summary.append({"steps": steps, "seeds": [row["seed"] for row in group],
                         "median_success_rate": statistics.median(rates),
                         "min_success_rate": min(rates), "max_success_rate": max(rates),
                         "successes": sum(row["successes"] for row in group),
@@ -225,14 +224,14 @@ def run(args: argparse.Namespace) -> int:
             point = dataclasses.replace(plan, train_steps=steps, seed=seed)
             where = point_dir(label_dir, steps, seed)
             run_dir = where / "run"
+            train_command = _command_for(point, dataset_dir, run_dir)
             console.rule(f"[bold]{label}: {steps} training steps, seed {seed}")
-            train_summary = train_plan_run(point, dataset_dir, run_dir,
-                                           command=_command_for(point, dataset_dir, run_dir))
+            train_summary = train_plan_run(point, dataset_dir, run_dir, command=train_command)
             eval_summary = evaluate_plan_checkpoint(
                 point, run_dir / "checkpoints" / "last", where / eval_name,
                 first_init_state=args.first_init_state, command=command)
             rows.append(curve_row(steps, train_summary, eval_summary)
-                        | {"seed": seed, "train_command": _command_for(point, dataset_dir, run_dir)})
+                        | {"seed": seed, "train_command": train_command})
 
     table = Table(title=f"recipe curve '{label}': {plan.preset}, tasks {list(plan.task_ids)}, "
                         f"init states {args.first_init_state}-{args.first_init_state + plan.eval_episodes_per_task - 1}")

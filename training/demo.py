@@ -25,8 +25,8 @@ class DemoPlan:
     is what each default was chosen by: on the demo's data, at 500 steps, the L1-regression head
     with a 50-step warm-up scored 19/20 on the held-out starts (seed 0; seeds 1 and 2: 16/20 and
     13/20), where the earlier recipe (``RECIPES["diffusion"]``: the preset's diffusion head, 200
-    warm-up steps) scored 5/20 with seed 0. The host's speed varies by up to 1.6x from hour to hour, hence
-    the time budget."""
+    warm-up steps) scored 5/20 with seed 0. The host's speed varies by up to 1.6x from hour to
+    hour, hence the time budget."""
 
     suite: str = "libero_object"
     task_ids: tuple[int, ...] = (0, 1)
