@@ -44,6 +44,11 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
                              "rewrites (default 0.5; 0: the dataset's instructions only)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="model preset override, e.g. --set chunk_size=16 (repeatable)")
+    parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                        help="read the dataset's feature OLD as NEW, e.g. --rename "
+                             "image=observation.images.image --rename actions=action (repeatable); "
+                             "cameras, state and action sizes come from the dataset, images are "
+                             "resized to the preset's image_size")
     parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                         help="finish within this wall time: if --steps would not fit at the speed "
                              "measured over the first steps, train fewer (the schedule ends there)")
@@ -85,6 +90,10 @@ def train_config_from_args(args: argparse.Namespace, base=None):
         changes["time_budget_s"] = args.time_budget * 60.0
     if getattr(args, "instruction_rewrites", None) is not None:
         changes["instruction_rewrite_prob"] = args.instruction_rewrites
+    if getattr(args, "rename", None):
+        from training.dataset_schema import parse_renames
+
+        changes["feature_renames"] = tuple(parse_renames(args.rename).items())
     if getattr(args, "no_augment", False):
         changes["augment"] = AugmentConfig(shift_pixels=0, brightness=0, contrast=0, saturation=0)
     import dataclasses
@@ -92,19 +101,36 @@ def train_config_from_args(args: argparse.Namespace, base=None):
     return dataclasses.replace(base, **changes)
 
 
+def model_config_for_dataset(preset: str, set_pairs: list[str], dataset_dir: str, renames: dict[str, str]):
+    """The preset with --set overrides, its cameras and state / action sizes fitted to the
+    dataset's meta/info.json where --set does not name them; and a line saying what was read."""
+    from training.dataset_schema import describe_fit, fit_config_fields, infer_schema, read_info
+    from vla import presets
+
+    overrides = _parse_overrides(set_pairs)
+    base = presets.get(preset, **overrides)
+    schema = infer_schema(read_info(dataset_dir), renames, f"dataset {str(dataset_dir)!r}")
+    fitted = fit_config_fields(schema, tuple(base.camera_names), base.state_dim, base.action_dim,
+                               explicit=set(overrides))
+    config = presets.get(preset, **{**fitted, **overrides}) if fitted else base
+    return config, describe_fit(schema, tuple(config.camera_names), config.image_size)
+
+
 def run_train(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from training.dataset import DatasetMismatchError
+    from training.dataset_schema import DatasetSchemaError, parse_renames
     from training.train import train
-    from vla import presets
 
     try:
-        model_config = presets.get(args.preset, **_parse_overrides(args.set))
+        renames = parse_renames(args.rename)
+        model_config, fit_line = model_config_for_dataset(args.preset, args.set, args.dataset, renames)
+        print(f"vla train: dataset {fit_line}", file=sys.stderr)
         train_config = train_config_from_args(args)
         summary = train(model_config=model_config, train_config=train_config,
                         dataset_dir=args.dataset, run_dir=args.out, resume=args.resume,
                         command=_command_line())
-    except (DatasetMismatchError, FileExistsError, ValueError) as error:
+    except (DatasetMismatchError, DatasetSchemaError, FileExistsError, ValueError) as error:
         print(f"vla train: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("steps", "planned_steps", "final_loss", "best_metric",

@@ -17,6 +17,11 @@ decoding). Two things are added on top:
   a changed dataset rebuilds it). Later runs and DataLoader workers share it through the page
   cache.
 
+- **Any dataset's schema.** Feature keys are read through a ``DatasetSchema``
+  (training/dataset_schema.py: renames, cameras, sizes), so a dataset that `vla collect` did not
+  write trains too; frames of any size are resized once, into the cache, to the model's
+  ``image_size`` by the same resize the policy applies to camera frames at inference.
+
 ``validate_dataset_features`` checks the dataset against what a model config needs before any
 training starts, naming the feature, what was found and what was expected.
 """
@@ -33,12 +38,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from training.dataset_schema import DatasetSchema, DatasetSchemaError, infer_schema, read_info
 from vla.features import ACTION, ACTION_IS_PAD, OBS_IMAGE_PREFIX, OBS_STATE, TASK
 
 
-
-
-class DatasetMismatchError(ValueError):
+class DatasetMismatchError(DatasetSchemaError):
     """The dataset does not provide what the model config needs."""
 
 
@@ -66,35 +70,27 @@ def load_lerobot_dataset(root: str | Path):
     return LeRobotDataset(repo_id=f"local/{root.name}", root=root, video_backend="torchcodec")
 
 
-def validate_dataset_features(features: dict, num_tasks: int, needs: DatasetRequirements,
+def validate_dataset_features(schema: DatasetSchema, num_tasks: int, needs: DatasetRequirements,
                               dataset_name: str = "dataset") -> None:
-    """Raises DatasetMismatchError naming the first mismatching feature."""
+    """Raises DatasetMismatchError naming the first feature the model config needs and the dataset
+    (read through ``schema``, renames applied) lacks or has at another size. Image sizes are free:
+    frames are resized to ``needs.image_size``."""
     for camera in needs.camera_names:
-        key = OBS_IMAGE_PREFIX + camera
-        if key not in features:
-            found = sorted(k for k in features if k.startswith(OBS_IMAGE_PREFIX))
+        if camera not in schema.camera_names:
             raise DatasetMismatchError(
-                f"{dataset_name} lacks feature {key!r} (camera {camera!r}); found image "
-                f"features {found}; the model config expects cameras {list(needs.camera_names)}"
+                f"{dataset_name} lacks feature {OBS_IMAGE_PREFIX + camera!r} (camera {camera!r}); found "
+                f"cameras {list(schema.camera_names)}; the model config expects cameras "
+                f"{list(needs.camera_names)} (vla train takes the dataset's cameras unless --set "
+                f"camera_names names them; --rename OLD=NEW maps a dataset key onto a camera)"
             )
-        shape = tuple(features[key]["shape"])
-        expected = (needs.image_size, needs.image_size, 3)
-        # LeRobot stores image shapes as (H, W, C); accept (C, H, W) too.
-        if shape not in (expected, (3, needs.image_size, needs.image_size)):
+    for key, dim, found in ((OBS_STATE, needs.state_dim, schema.state_dim),
+                            (ACTION, needs.action_dim, schema.action_dim)):
+        if found != dim:
+            source = schema.source_key(key)
+            read_as = f" (read as {key!r})" if source != key else ""
             raise DatasetMismatchError(
-                f"{dataset_name} feature {key!r} has shape {shape}; the model config expects "
-                f"{expected} (image_size={needs.image_size}); collect at that size or change "
-                f"the preset's image_size"
-            )
-    for key, dim in ((OBS_STATE, needs.state_dim), (ACTION, needs.action_dim)):
-        if key not in features:
-            raise DatasetMismatchError(
-                f"{dataset_name} lacks feature {key!r}; found {sorted(features)}"
-            )
-        shape = tuple(features[key]["shape"])
-        if shape != (dim,):
-            raise DatasetMismatchError(
-                f"{dataset_name} feature {key!r} has shape {shape}; the model config expects ({dim},)"
+                f"{dataset_name} feature {source!r}{read_as} has shape ({found},); the model config "
+                f"expects ({dim},) (vla train takes the dataset's size unless --set names it)"
             )
     if num_tasks <= 0:
         raise DatasetMismatchError(f"{dataset_name} has an empty task list; expected >= 1 task")
@@ -104,15 +100,21 @@ class ChunkedLeRobotDataset(Dataset):
     """Items: images float32 (3, S, S) in [0, 1], state (S_dim,), action (H, A), pad mask (H,), task str."""
 
     def __init__(self, root: str | Path, needs: DatasetRequirements, chunk_size: int,
-                 episodes: list[int] | None = None, progress: bool = True):
+                 episodes: list[int] | None = None, progress: bool = True,
+                 renames: dict[str, str] | None = None):
         if chunk_size <= 0:
             raise ValueError(f"chunk_size={chunk_size}; expected a positive integer")
         self.root = Path(root)
         self.needs = needs
         self.chunk_size = chunk_size
+        name = f"dataset {str(self.root)!r}"
         lerobot_dataset = load_lerobot_dataset(self.root)
         meta = lerobot_dataset.meta
-        validate_dataset_features(meta.features, len(meta.tasks), needs, f"dataset {str(self.root)!r}")
+        try:
+            self.schema = infer_schema(read_info(self.root), renames, name)  # dataset key -> model key
+        except DatasetSchemaError as error:
+            raise DatasetMismatchError(str(error)) from None
+        validate_dataset_features(self.schema, len(meta.tasks), needs, name)
         self.fps = meta.fps
         self.meta = meta
 
@@ -121,8 +123,8 @@ class ChunkedLeRobotDataset(Dataset):
         table = lerobot_dataset.hf_dataset.with_format("arrow")[:]
         self._episode_index = _column(table, "episode_index", np.int64)  # (N,)
         self._frame_index = _column(table, "frame_index", np.int64)  # (N,)
-        self._state = _column(table, OBS_STATE, np.float32, needs.state_dim)  # (N, S_dim)
-        self._action = _column(table, ACTION, np.float32, needs.action_dim)  # (N, A)
+        self._state = _column(table, self.schema.state_key, np.float32, needs.state_dim)  # (N, S_dim)
+        self._action = _column(table, self.schema.action_key, np.float32, needs.action_dim)  # (N, A)
         task_index = _column(table, "task_index", np.int64)  # (N,)
         task_names = {int(i): name for name, i in zip(meta.tasks.index, meta.tasks["task_index"])}
         self._task_index = task_index
@@ -144,10 +146,10 @@ class ChunkedLeRobotDataset(Dataset):
         ) if chosen else np.zeros(0, dtype=np.int64)  # (N_used,) row ids served by this view
 
         self._frames = {
-            camera: _decoded_frames(lerobot_dataset, self.root, OBS_IMAGE_PREFIX + camera,
-                                    self._episode_bounds, progress)
+            camera: _decoded_frames(lerobot_dataset, self.root, self.schema.camera(camera), needs.image_size,
+                                    self._episode_bounds, table, progress)
             for camera in needs.camera_names
-        }  # camera -> uint8 memmap (N, S, S, 3)
+        }  # camera -> uint8 memmap (N, S, S, 3), S = needs.image_size
 
     def subset(self, episodes: list[int]) -> "ChunkedLeRobotDataset":
         """A view over some episodes, sharing arrays and frame caches (no reload, no copy)."""
@@ -201,29 +203,37 @@ def _column(table, name: str, dtype, width: int | None = None) -> np.ndarray:
     return values.reshape(table.num_rows, width).astype(dtype)  # (N, width)
 
 
-def _cache_key(root: Path, video_key: str) -> str:
-    """Changes whenever the dataset's content changes (info + episodes metadata)."""
+def _cache_key(root: Path, source_key: str, image_size: int) -> str:
+    """Changes whenever the dataset's content or the stored size changes (info + episodes metadata)."""
     digest = hashlib.sha256()
     digest.update((root / "meta" / "info.json").read_bytes())
     for path in sorted((root / "meta" / "episodes").rglob("*.parquet")):
         digest.update(path.name.encode())
         digest.update(str(path.stat().st_size).encode())
-    digest.update(video_key.encode())
+    digest.update(source_key.encode())
+    digest.update(str(image_size).encode())
     return digest.hexdigest()[:16]
 
 
-def _decoded_frames(lerobot_dataset, root: Path, video_key: str,
-                    episode_bounds: dict[int, tuple[int, int]], progress: bool) -> np.memmap:
-    """All frames of one camera as a uint8 (N, S, S, 3) memmap, decoded once and cached."""
-    from lerobot.datasets.video_utils import decode_video_frames
+def _to_model_size(frames: torch.Tensor, image_size: int, source_key: str) -> np.ndarray:
+    """float (T, 3, H, W) in [0, 1] -> uint8 (T, S, S, 3), resized as the policy resizes camera frames."""
+    if tuple(frames.shape[-2:]) != (image_size, image_size):
+        from policies.transforms import ImagesToModel
 
-    feature = lerobot_dataset.meta.features[video_key]
-    height, width = feature["shape"][0], feature["shape"][1]
+        frames = ImagesToModel((), image_size).convert(source_key, frames)  # (T, 3, S, S)
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _decoded_frames(lerobot_dataset, root: Path, camera, image_size: int,
+                    episode_bounds: dict[int, tuple[int, int]], table, progress: bool) -> np.memmap:
+    """All frames of one camera (a CameraFeature) as a uint8 (N, S, S, 3) memmap at the model's
+    size, decoded once and cached."""
     total = max(end for _, end in episode_bounds.values())
     cache_dir = root / ".vla_cache"
     cache_dir.mkdir(exist_ok=True)
-    path = cache_dir / f"{video_key.replace('.', '_')}_{_cache_key(root, video_key)}.u8"
-    shape = (total, height, width, 3)
+    stem = camera.source_key.replace(".", "_").replace("/", "_")
+    path = cache_dir / f"{stem}_{_cache_key(root, camera.source_key, image_size)}.u8"
+    shape = (total, image_size, image_size, 3)
     if path.is_file() and path.stat().st_size == int(np.prod(shape)):
         return np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
 
@@ -232,21 +242,47 @@ def _decoded_frames(lerobot_dataset, root: Path, video_key: str,
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     frames = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
     fps = lerobot_dataset.meta.fps
+    images = None if camera.dtype == "video" else table.column(camera.source_key)
     for episode, (start, end) in tqdm(sorted(episode_bounds.items()), disable=not progress,
-                                      desc=f"decoding {video_key}", unit="episode"):
-        info = lerobot_dataset.meta.episodes[episode]
-        offset = info[f"videos/{video_key}/from_timestamp"]
-        timestamps = [offset + j / fps for j in range(end - start)]
-        video_path = root / lerobot_dataset.meta.get_video_file_path(episode, video_key)
-        decoded = decode_video_frames(video_path, timestamps, 1e-4, "torchcodec")  # (T, 3, H, W)
-        frames[start:end] = (decoded.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                                      desc=f"decoding {camera.source_key}", unit="episode"):
+        if images is None:
+            from lerobot.datasets.video_utils import decode_video_frames
+
+            info = lerobot_dataset.meta.episodes[episode]
+            offset = info[f"videos/{camera.source_key}/from_timestamp"]
+            timestamps = [offset + j / fps for j in range(end - start)]
+            video_path = root / lerobot_dataset.meta.get_video_file_path(episode, camera.source_key)
+            decoded = decode_video_frames(video_path, timestamps, 1e-4, "torchcodec")  # (T, 3, H, W)
+        else:
+            decoded = _decode_image_rows(images, start, end, root)  # (T, 3, H, W)
+        frames[start:end] = _to_model_size(decoded, image_size, camera.source_key)
     frames.flush()
     del frames
     os.replace(tmp, path)  # atomic: readers only ever see a complete cache
-    for stale in cache_dir.glob(f"{video_key.replace('.', '_')}_*.u8"):
+    for stale in cache_dir.glob(f"{stem}_*.u8"):
         if stale != path:
             stale.unlink(missing_ok=True)
     return np.memmap(path, dtype=np.uint8, mode="r", shape=shape)
+
+
+def _decode_image_rows(column, start: int, end: int, root: Path) -> torch.Tensor:
+    """Rows [start, end) of an ``image`` feature (LeRobot stores {bytes, path} per row) -> float
+    (T, 3, H, W) in [0, 1]."""
+    import io
+
+    from PIL import Image
+
+    decoded = []
+    for cell in column.slice(start, end - start).to_pylist():
+        data = cell.get("bytes") if isinstance(cell, dict) else None
+        if data:
+            image = Image.open(io.BytesIO(data))
+        elif isinstance(cell, dict) and cell.get("path"):
+            image = Image.open(root / cell["path"])
+        else:
+            raise DatasetMismatchError(f"dataset {str(root)!r}: an image cell holds neither bytes nor a path")
+        decoded.append(torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1))  # (3, H, W)
+    return torch.stack(decoded).float() / 255.0
 
 
 def dataset_stats(dataset: ChunkedLeRobotDataset) -> dict[str, dict[str, np.ndarray]]:
@@ -292,4 +328,5 @@ def describe(dataset: ChunkedLeRobotDataset) -> dict:
         "frames": len(dataset),
         "fps": dataset.fps,
         "tasks": dataset.tasks,
+        "features": dataset.schema.describe(),  # which dataset key each model input was read from
     }

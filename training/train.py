@@ -74,6 +74,9 @@ class TrainConfig:
     # Chance that a sample's instruction is replaced by one of its rewrites
     # (training/instruction_augment.py); 0 trains on the dataset's instructions only.
     instruction_rewrite_prob: float = 0.5
+    # Dataset feature keys read under other names (vla train --rename OLD=NEW), as (OLD, NEW)
+    # pairs: a LeRobot dataset whose keys are not LeRobot's own (training/dataset_schema.py).
+    feature_renames: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "checkpoint_every", "keep_last", "log_every", "val_batches")
@@ -284,7 +287,8 @@ def train(*, model_config: Any, train_config: TrainConfig, dataset_dir: str | Pa
     # Decode the video cache once (main process first), then every process maps it.
     with accelerator.main_process_first():
         full = ChunkedLeRobotDataset(dataset_dir, needs, model_config.chunk_size,
-                                     progress=progress and is_main)
+                                     progress=progress and is_main,
+                                     renames=dict(train_config.feature_renames))
     train_episodes, val_episodes = split_episodes(full.episodes, train_config.val_fraction,
                                                   train_config.seed)
     train_set = full.subset(train_episodes)

@@ -86,7 +86,7 @@ def test_columns_read_in_bulk_match_the_frames_lerobot_serves(synthetic_dataset)
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"image_size": 64}, r"'observation.images.agentview' has shape \(32, 32, 3\).*\(64, 64, 3\)"),
+        ({"state_dim": 6}, r"'observation.state' has shape \(8,\).*expects \(6,\)"),
         ({"camera_names": ("agentview", "side")}, r"lacks feature 'observation.images.side'"),
         ({"action_dim": 6}, r"'action' has shape \(7,\).*expects \(6,\)"),
     ],
