@@ -119,14 +119,14 @@ def model_config_for_dataset(preset: str, set_pairs: list[str], dataset_dir: str
 def run_train(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from training.dataset import DatasetMismatchError
-    from training.dataset_schema import DatasetSchemaError, parse_renames
+    from training.dataset_schema import DatasetSchemaError
     from training.train import train
 
     try:
-        renames = parse_renames(args.rename)
-        model_config, fit_line = model_config_for_dataset(args.preset, args.set, args.dataset, renames)
+        train_config = train_config_from_args(args)  # parses --rename into feature_renames
+        model_config, fit_line = model_config_for_dataset(args.preset, args.set, args.dataset,
+                                                          dict(train_config.feature_renames))
         print(f"vla train: dataset {fit_line}", file=sys.stderr)
-        train_config = train_config_from_args(args)
         summary = train(model_config=model_config, train_config=train_config,
                         dataset_dir=args.dataset, run_dir=args.out, resume=args.resume,
                         command=_command_line())

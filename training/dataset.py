@@ -111,7 +111,7 @@ class ChunkedLeRobotDataset(Dataset):
         lerobot_dataset = load_lerobot_dataset(self.root)
         meta = lerobot_dataset.meta
         try:
-            self.schema = infer_schema(read_info(self.root), renames, name)  # dataset key -> model key
+            self.schema = infer_schema(read_info(self.root), renames, name)  # renames: dataset key -> model key
         except DatasetSchemaError as error:
             raise DatasetMismatchError(str(error)) from None
         validate_dataset_features(self.schema, len(meta.tasks), needs, name)
@@ -243,11 +243,11 @@ def _decoded_frames(lerobot_dataset, root: Path, camera, image_size: int,
     frames = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
     fps = lerobot_dataset.meta.fps
     images = None if camera.dtype == "video" else table.column(camera.source_key)
+    if images is None:
+        from lerobot.datasets.video_utils import decode_video_frames
     for episode, (start, end) in tqdm(sorted(episode_bounds.items()), disable=not progress,
                                       desc=f"decoding {camera.source_key}", unit="episode"):
         if images is None:
-            from lerobot.datasets.video_utils import decode_video_frames
-
             info = lerobot_dataset.meta.episodes[episode]
             offset = info[f"videos/{camera.source_key}/from_timestamp"]
             timestamps = [offset + j / fps for j in range(end - start)]

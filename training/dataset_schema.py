@@ -38,7 +38,7 @@ class CameraFeature:
 
 @dataclass(frozen=True)
 class DatasetSchema:
-    """A dataset's features in the model's terms. ``renames`` maps model keys to dataset keys."""
+    """A dataset's features in the model's terms, each with the dataset key it is read from."""
 
     cameras: tuple[CameraFeature, ...]
     state_dim: int
