@@ -36,6 +36,18 @@ if ((${#missing[@]})); then
 fi
 
 # --- 2. The virtual environment. -----------------------------------------------------------
+# A full .venv takes about 8.6 GB (5.6 GB of it the CUDA build of torch 2.14.1, the only
+# torchvision-compatible build on disk); fail before installing rather than midway through pip.
+# No pip cache: the wheels come from local indexes, a cached copy would only double the disk use.
+export PIP_NO_CACHE_DIR=1
+NEEDED_GB=10
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  free_gb=$(df -Pk "$REPO_ROOT" | awk 'NR==2 {print int($4 / 1048576)}')
+  if ((free_gb < NEEDED_GB)); then
+    log "not enough disk: the environment needs about $NEEDED_GB GB free in $REPO_ROOT, $free_gb GB are free" >&2
+    exit 1
+  fi
+fi
 if [[ ! -x "$VENV/bin/python" ]]; then
   log "creating $VENV"
   "$PYTHON" -m venv "$VENV"
