@@ -117,6 +117,25 @@ class FakeArm:
         lines = self.record.read_text().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
+    def command_publishers(self) -> int:
+        """How many publishers the node last reported matched to its command topic."""
+        counts = [int(line.split()[1]) for line in self.process.tail(10_000).splitlines()
+                  if line.startswith("COMMAND_PUBLISHERS ")]
+        return counts[-1] if counts else 0
+
+    def wait_for_command_publisher(self, timeout_s: float = 10.0) -> None:
+        """Block until the node has discovered a publisher on its command topic.
+
+        A fresh DDS publisher's first messages are dropped until discovery completes; waiting
+        for it makes "every command sent reaches the arm" a deterministic check.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.command_publishers() < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no publisher on {self.command_topic} after {timeout_s} s; "
+                                   f"arm log:\n{self.process.tail()}")
+            time.sleep(0.05)
+
 
 class RosGraph:
     """A rosbridge server in its own ROS domain, and fake arms started on demand."""

@@ -77,6 +77,7 @@ def drive(ros_graph, arm_name: str, policy, steps: int = 30):
     )
     safety = SafetyFilter(joint_limits())
     with RosBridgeRobot(config) as robot:
+        arm.wait_for_command_publisher()  # connect() advertised it; DDS discovery may lag
         runtime = ControlRuntime(
             robot, policy, safety,
             # chunk_size 4 (tiny): the next chunk is fetched while 2 actions remain, so up
@@ -97,11 +98,10 @@ def check_what_reached_ros(report, arm, config) -> None:
     assert report.steps > 0 and report.inferences >= 1, report.summary()
     sent = np.stack(report.sent_actions)  # (T, 7)
     commands = arm.commands()
-    # The first publish on a fresh DDS publisher may precede discovery and be lost; everything
-    # after it arrives, in order.
-    assert 0 < len(sent) - len(commands) <= 2 or len(commands) == len(sent), (len(sent), len(commands))
+    # drive() waited for DDS discovery of the bridge's publisher: everything sent arrives, in order.
+    assert len(commands) == len(sent), (len(sent), len(commands))
     received = np.array([c["points"][0]["positions"] for c in commands])  # (T', 7)
-    np.testing.assert_allclose(received, sent[len(sent) - len(received):], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(received, sent, rtol=0, atol=1e-12)
     for command in commands:
         assert command["joint_names"] == list(config.joint_names)
         assert command["points"][0]["time_from_start"] == pytest.approx(1.0 / CONTROL_HZ)

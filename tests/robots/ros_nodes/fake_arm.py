@@ -12,7 +12,10 @@ in for a robot driver + joint trajectory controller + camera driver:
 - subscribes to ``trajectory_msgs/JointTrajectory`` on ``--command-topic``; every command is
   appended as one JSON line to ``--record`` (joint names, positions of each point,
   time_from_start) and the arm "moves" to the last point at once, so the next JointState shows
-  the commanded positions (closing the loop for the tests).
+  the commanded positions (closing the loop for the tests);
+- prints ``COMMAND_PUBLISHERS <n>`` on stdout whenever the number of publishers matched to its
+  command topic changes, so a test can wait until the bridge's publisher has been discovered
+  (DDS drops what a new publisher sends before discovery; on 2 loaded cores that took > 3 ticks).
 
 It exits by itself after ``--lifetime`` seconds, or when its parent process disappears, so a
 crashed test run leaves nothing behind. Prints ``READY`` on stdout once its publishers and
@@ -57,8 +60,17 @@ class FakeArm(Node):
             msg.step = args.width * 3
             msg.data = np.ascontiguousarray(pixels).tobytes()
             self.cameras.append((self.create_publisher(Image, topic, 10), msg))
+        self.command_topic = args.command_topic
         self.create_subscription(JointTrajectory, args.command_topic, self.on_command, 10)
+        self.command_publishers = 0
         self.create_timer(1.0 / args.rate, self.publish)
+        self.create_timer(0.05, self.report_command_publishers)
+
+    def report_command_publishers(self) -> None:
+        count = self.count_publishers(self.command_topic)
+        if count != self.command_publishers:
+            self.command_publishers = count
+            print(f"COMMAND_PUBLISHERS {count}", flush=True)
 
     def publish(self) -> None:
         stamp = self.get_clock().now().to_msg()
