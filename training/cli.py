@@ -28,7 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="Train a VLA policy on a LeRobot dataset.")
     parser.add_argument("--preset", default="small", help="model preset: tiny | small | pretrained")
-    parser.add_argument("--dataset", required=True, help="LeRobot dataset directory (vla collect --out)")
+    parser.add_argument("--dataset", required=True,
+                        help="LeRobot dataset directory (vla collect --out), or a hub repo id "
+                             "OWNER/NAME (its local copy: --root, else $HF_LEROBOT_HOME/OWNER/NAME; "
+                             "downloaded only with HF_HUB_OFFLINE=0)")
+    parser.add_argument("--root", default=None,
+                        help="with a repo id --dataset: the folder holding its local copy")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, logs, summary)")
     parser.add_argument("--steps", type=int, default=None, help="total optimizer steps")
     parser.add_argument("--batch-size", type=int, default=None, help="global batch size")
@@ -120,15 +125,17 @@ def run_train(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from training.dataset import DatasetMismatchError
     from training.dataset_schema import DatasetSchemaError
+    from training.dataset_source import resolve_dataset_root
     from training.train import train
 
     try:
+        dataset_dir = str(resolve_dataset_root(args.dataset, args.root))
         train_config = train_config_from_args(args)  # parses --rename into feature_renames
-        model_config, fit_line = model_config_for_dataset(args.preset, args.set, args.dataset,
+        model_config, fit_line = model_config_for_dataset(args.preset, args.set, dataset_dir,
                                                           dict(train_config.feature_renames))
         print(f"vla train: dataset {fit_line}", file=sys.stderr)
         summary = train(model_config=model_config, train_config=train_config,
-                        dataset_dir=args.dataset, run_dir=args.out, resume=args.resume,
+                        dataset_dir=dataset_dir, run_dir=args.out, resume=args.resume,
                         command=_command_line())
     except (DatasetMismatchError, DatasetSchemaError, FileExistsError, ValueError) as error:
         print(f"vla train: error: {error}", file=sys.stderr)

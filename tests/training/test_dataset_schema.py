@@ -238,3 +238,78 @@ def test_vla_train_reads_the_openpi_libero_layout_with_renames(libero_openpi, tm
     assert [list(p) for p in train_config["train"]["feature_renames"]] == [p.split("=") for p in LIBERO_RENAMES]
     frame = np.zeros((256, 256, 3), dtype=np.uint8)
     _policy_acts(tmp_path / "run", {"image": frame, "wrist_image": frame}, 8, 7, "put the bowl on the plate")
+
+
+# ------------------------------------------------------- a hub repo id with --root (its local copy)
+
+
+def test_vla_train_takes_a_repo_id_with_root_as_its_local_copy(six_dof, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _train("community/so_arm_pick", tmp_path / "run", "--root", str(six_dof)) == 0
+    recorded = json.loads((tmp_path / "run" / "train_config.json").read_text())["dataset"]
+    assert Path(recorded["root"]) == six_dof.resolve()
+
+
+def test_a_repo_id_without_root_is_read_from_lerobots_cache(six_dof, tmp_path, monkeypatch):
+    import shutil
+
+    import lerobot.utils.constants
+
+    from training.dataset_source import resolve_dataset_root
+
+    cache = tmp_path / "lerobot_home"
+    shutil.copytree(six_dof, cache / "community" / "so_arm_pick")
+    monkeypatch.setattr(lerobot.utils.constants, "HF_LEROBOT_HOME", cache)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_dataset_root("community/so_arm_pick") == cache / "community" / "so_arm_pick"
+
+
+def test_a_repo_id_with_no_local_copy_offline_is_refused_naming_the_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    empty = tmp_path / "nothing_here"
+    assert _train("community/so_arm_pick", tmp_path / "run", "--root", str(empty)) == 2
+    error = capsys.readouterr().err
+    assert "'community/so_arm_pick'" in error and str(empty) in error and "HF_HUB_OFFLINE=1" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_repo_id_is_downloaded_into_root_when_the_hub_is_on(six_dof, tmp_path, monkeypatch):
+    import shutil
+
+    from training.dataset_source import DatasetSourceError, resolve_dataset_root
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    fetched = []
+
+    def download(repo_id, root):  # stands in for the hub: no network in tests
+        fetched.append(repo_id)
+        shutil.copytree(six_dof, root)
+
+    assert resolve_dataset_root("community/so_arm_pick", tmp_path / "copy", download=download) == tmp_path / "copy"
+    assert fetched == ["community/so_arm_pick"]
+    # Already there: not fetched again.
+    resolve_dataset_root("community/so_arm_pick", tmp_path / "copy", download=download)
+    assert fetched == ["community/so_arm_pick"]
+
+    def unreachable(repo_id, root):
+        raise ConnectionError("hub unreachable")
+
+    with pytest.raises(DatasetSourceError, match=r"'community/other'.*could not download.*ConnectionError: hub unreachable"):
+        resolve_dataset_root("community/other", tmp_path / "other", download=unreachable)
+
+    def not_a_dataset(repo_id, root):
+        root.mkdir(parents=True)
+
+    with pytest.raises(DatasetSourceError, match=r"no meta/info.json: not a LeRobot v3 dataset"):
+        resolve_dataset_root("community/empty", tmp_path / "empty", download=not_a_dataset)
+
+
+@pytest.mark.parametrize("dataset, root, message", [
+    ("no/such/folder/here", None, r"no such folder, and not a hub repo id"),
+    ("LOCAL", "/tmp/x", r"--root '/tmp/x' was given with --dataset .*a local folder"),
+])
+def test_bad_dataset_sources_are_refused(six_dof, dataset, root, message):
+    from training.dataset_source import DatasetSourceError, resolve_dataset_root
+
+    with pytest.raises(DatasetSourceError, match=message):
+        resolve_dataset_root(str(six_dof) if dataset == "LOCAL" else dataset, root)
