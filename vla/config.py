@@ -241,17 +241,31 @@ LanguageConfig = Union[ScratchLanguageConfig, PretrainedLanguageConfig]
 
 @dataclass(frozen=True)
 class AggregationConfig:
-    """Stage 1: ``num_queries`` instruction-FiLMed queries per camera replace its patch tokens."""
+    """Stage 1: ``num_queries`` instruction-FiLMed queries per camera replace its patch tokens.
+
+    ``instruction_film`` False leaves the queries unmodulated (the same for every instruction):
+    the "instruction FiLM off" ablation, a plain learned-query resampler.
+    """
 
     num_queries: int = 16
     num_heads: int = 4
     mlp_ratio: float = 2.0
+    instruction_film: bool = True
 
     def __post_init__(self) -> None:
         where = "AggregationConfig"
         for name in ("num_queries", "num_heads"):
             _check_positive_int(where, name, getattr(self, name))
         _check(self.mlp_ratio > 0, where, "mlp_ratio", self.mlp_ratio, "> 0")
+        _check(isinstance(self.instruction_film, bool), where, "instruction_film", self.instruction_film,
+               "true or false")
+
+
+# What stage 2's routers condition on (PruningConfig.text_summary).
+TEXT_SUMMARIES = ("mean", "normalized_mean")
+# How stage 2 ranks the visual tokens (PruningConfig.scores): its learned routers, or a fresh
+# uniformly random draw at every forward pass (the ablation that asks what the routers add).
+TOKEN_SCORES = ("router", "random")
 
 
 @dataclass(frozen=True)
@@ -264,11 +278,25 @@ class PruningConfig:
     max(budget, base(l)), and ``budget`` defaults to ``floor``. The budget is a runtime knob
     (``VLAModel.set_token_budget``); training samples it uniformly from ``train_budget_range``
     each step (Matryoshka-style) so one checkpoint serves every budget in that range.
+
+    ``text_summary`` is what the routers condition on: the mean of the text tokens' residual
+    states at the routed layer ("mean"), or that mean layer-normalised without parameters
+    ("normalized_mean"). The residual stream grows from layer to layer, so the raw mean reaches
+    each router's FiLM at another scale; normalised, every router sees the instruction at one
+    scale. The presets use "normalized_mean"; the field defaults to "mean" because checkpoints
+    written before it existed were trained that way and must load unchanged.
+
+    Ablations: ``scores`` "random" keeps a random subset of the same size at every layer (no
+    routers, no parameters); ``instruction_film`` False scores each token from its own state
+    alone (the routers' FiLM by the text summary removed).
     """
 
     floor: float = 0.15
     start_ratio: float = 0.85
     train_budget_range: tuple[float, float] = (0.05, 1.0)
+    text_summary: str = "mean"
+    scores: str = "router"
+    instruction_film: bool = True
 
     def __post_init__(self) -> None:
         where = "PruningConfig"
@@ -279,6 +307,11 @@ class PruningConfig:
         object.__setattr__(self, "train_budget_range", low_high)
         _check(len(low_high) == 2 and 0.0 < low_high[0] <= low_high[1] <= 1.0, where,
                "train_budget_range", self.train_budget_range, "(low, high) with 0 < low <= high <= 1")
+        _check(self.text_summary in TEXT_SUMMARIES, where, "text_summary", self.text_summary,
+               f"one of {TEXT_SUMMARIES}")
+        _check(self.scores in TOKEN_SCORES, where, "scores", self.scores, f"one of {TOKEN_SCORES}")
+        _check(isinstance(self.instruction_film, bool), where, "instruction_film", self.instruction_film,
+               "true or false")
 
     def base_ratio(self, layer: int, num_layers: int) -> float:
         """The shifted-cosine keep ratio of ``layer`` before the budget floor is applied."""

@@ -58,7 +58,7 @@ class InstructionAggregator(nn.Module):
                 f"AggregationConfig.num_heads = {config.num_heads} must divide the backbone width {dim}")
         self.num_queries = config.num_queries
         self.queries = nn.Parameter(torch.randn(num_cameras, config.num_queries, dim) * 0.02)  # (C, K, D)
-        self.film = FiLM(dim, dim)
+        self.film = FiLM(dim, dim) if config.instruction_film else None
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, config.num_heads, batch_first=True)
@@ -68,7 +68,9 @@ class InstructionAggregator(nn.Module):
     def forward(self, patches: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
         """patches (B, C, P, D), instruction (B, D) pooled embedding -> (B, C, K, D)."""
         b, c, p, d = patches.shape
-        queries = self.film(self.queries.expand(b, -1, -1, -1), instruction)  # (B, C, K, D)
+        queries = self.queries.expand(b, -1, -1, -1)  # (B, C, K, D)
+        if self.film is not None:
+            queries = self.film(queries, instruction)
         q = queries.reshape(b * c, self.num_queries, d)  # cameras into the batch: (B*C, K, D)
         kv = self.norm_kv(patches.reshape(b * c, p, d))  # (B*C, P, D)
         out = q + self.attn(self.norm_q(q), kv, kv, need_weights=False)[0]
@@ -77,17 +79,23 @@ class InstructionAggregator(nn.Module):
 
 
 class TokenRouter(nn.Module):
-    """Scores visual tokens given the text: FiLM(LN(v); mean text state) -> Linear -> score."""
+    """Scores visual tokens given the text: FiLM(LN(v); text summary) -> Linear -> score.
 
-    def __init__(self, dim: int) -> None:
+    instruction_film False: Linear(LN(v)), the same score whatever the instruction (ablation).
+    """
+
+    def __init__(self, dim: int, instruction_film: bool = True) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.film = FiLM(dim, dim, hidden=dim // 2)
+        self.film = FiLM(dim, dim, hidden=dim // 2) if instruction_film else None
         self.score = nn.Linear(dim, 1)
 
-    def forward(self, visual: torch.Tensor, text_mean: torch.Tensor) -> torch.Tensor:
-        """visual (B, V, D), text_mean (B, D) -> scores (B, V) (logits of keeping each token)."""
-        return self.score(self.film(self.norm(visual), text_mean)).squeeze(-1)
+    def forward(self, visual: torch.Tensor, text_summary: torch.Tensor | None) -> torch.Tensor:
+        """visual (B, V, D), text_summary (B, D) -> scores (B, V) (logits of keeping each token)."""
+        h = self.norm(visual)
+        if self.film is not None:
+            h = self.film(h, text_summary)
+        return self.score(h).squeeze(-1)
 
 
 @dataclass
@@ -107,12 +115,29 @@ class TokenPruner(nn.Module):
         super().__init__()
         self.config = config
         self.num_layers = num_layers
+        # scores "random": no routers at all (and no parameters for DDP to find unused).
         self.routers = nn.ModuleDict(
-            {str(i): TokenRouter(dim) for i in config.routed_layers(num_layers)}
+            {str(i): TokenRouter(dim, config.instruction_film) for i in config.routed_layers(num_layers)}
+            if config.scores == "router" else {}
         )
+
+    def router(self, layer: int) -> TokenRouter | None:
+        """The router of a routed layer; None when tokens are ranked at random."""
+        return self.routers[str(layer)] if self.config.scores == "router" else None
+
+    def needs_text_summary(self) -> bool:
+        return self.config.scores == "router" and self.config.instruction_film
 
     def keep_counts(self, num_visual: int, budget: float) -> dict[int, int]:
         return self.config.keep_counts(self.num_layers, num_visual, budget)
+
+    def text_summary(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """text (B, L, D) residual states, text_mask (B, L) bool -> (B, D) router condition."""
+        summary = masked_mean(text, text_mask)  # (B, D)
+        if self.config.text_summary == "normalized_mean":
+            # One scale at every routed layer, whatever the residual stream has grown to.
+            summary = nn.functional.layer_norm(summary, summary.shape[-1:])
+        return summary
 
 
 def run_backbone(
@@ -146,16 +171,22 @@ def run_backbone(
             trace.tokens_per_layer.append(n)
             trace.visual_kept_per_layer.append(num_visual)
             continue
-        x = _pruned_layer(backbone, i, x, key_mask, position_ids, ctx, visual, text_len, fixed,
-                          pruner.routers[str(i)], k, trace)
+        text_summary = (pruner.text_summary(x[:, :text_len], key_mask[:, :text_len])  # (B, D)
+                        if pruner.needs_text_summary() else None)
+        x = _pruned_layer(backbone, i, x, key_mask, position_ids, ctx, visual, text_summary, fixed,
+                          pruner.router(i), k, trace)
     return backbone.final_norm(x), trace
 
 
-def _pruned_layer(backbone, i, x, key_mask, position_ids, ctx, visual, text_len, fixed, router,
-                  k, trace):
+def _pruned_layer(backbone, i, x, key_mask, position_ids, ctx, visual, text_summary, fixed,
+                  router, k, trace):
     b, n, d = x.shape
-    text_mean = masked_mean(x[:, :text_len], key_mask[:, :text_len])  # (B, D)
-    scores = router(x[:, visual], text_mean)  # (B, V)
+    if router is None:
+        # The random-scores ablation: a fresh uniform ranking, so the kept subset is random
+        # and carries no gradient (the branch below is skipped: the scores need no grad).
+        scores = torch.rand(b, visual.stop - visual.start, device=x.device)  # (B, V)
+    else:
+        scores = router(x[:, visual], text_summary)  # (B, V)
     top = scores.topk(k, dim=1).indices.sort(dim=1).values  # (B, k), original order kept
     # Indices of the tokens this layer computes on, in sequence order (positions matter for
     # causal decoders): [text | top-k visual | proprio, readout]. (B, n_keep)

@@ -58,8 +58,11 @@ def test_plan_from_args_defaults_to_the_demo_recipe():
 
 def test_named_recipes_are_the_demo_default_and_the_diffusion_recipe_it_replaced():
     plan = recipe_curve.plan_from_args(_args(recipe="diffusion"))
-    assert (plan.train_steps, plan.warmup_steps, plan.model_overrides) == (1000, 200, ())
-    assert plan_model_config(plan).head.type == "diffusion"
+    assert (plan.train_steps, plan.warmup_steps) == (1000, 200)
+    # The first wave's head, spelled out: `small` itself has the regression head now.
+    from vla import presets
+    assert plan_model_config(plan).head == presets.get("small_words").head
+    assert presets.get("small").head.type == "regression"
     assert plan_model_config(DemoPlan()).head.type == "regression"
     with pytest.raises(ValueError, match="--recipe 'flow'.*regression, diffusion"):
         recipe_curve.plan_from_args(_args(recipe="flow"))

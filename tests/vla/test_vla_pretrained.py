@@ -130,8 +130,9 @@ def test_decoder_pruned_layer_uses_original_positions(llama_dir):
     plain = backbone.run_layer(1, x, key_mask, pos, ctx)
     fixed = torch.cat([torch.arange(0, v0), torch.arange(v0 + v, n)])
     router = next(iter(model.pruner.routers.values()))
-    routed = _pruned_layer(backbone, 1, x, key_mask, pos, ctx, slice(v0, v0 + v), v0, fixed, router, v,
-                           RoutingTrace())
+    summary = model.pruner.text_summary(x[:, :v0], key_mask[:, :v0])  # (B, D)
+    routed = _pruned_layer(backbone, 1, x, key_mask, pos, ctx, slice(v0, v0 + v), summary, fixed,
+                           router, v, RoutingTrace())
     torch.testing.assert_close(routed, plain)
 
 

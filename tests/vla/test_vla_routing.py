@@ -243,3 +243,107 @@ def test_budget_validation():
     with pytest.raises(ValueError, match="no stage-2 pruning"):
         no_pruning.set_token_budget(0.5)
     assert no_pruning.token_budget == 1.0
+
+
+def test_routers_see_the_instruction_at_one_scale_when_the_summary_is_normalised():
+    # The residual stream grows with depth; a normalised summary gives every router's FiLM the
+    # instruction at one scale (per row: mean 0, variance 1), whatever the stream's magnitude.
+    model = _model()
+    assert model.config.routing.pruning.text_summary == "normalized_mean"  # the presets' choice
+    g = torch.Generator().manual_seed(3)
+    text = torch.randn(2, 5, 32, generator=g) * 3 + 1  # (B, L, D) residual states
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])  # (B, L), row 1 padded
+    summary = model.pruner.text_summary(text, mask)  # (B, D)
+    torch.testing.assert_close(summary.mean(-1), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(summary.var(-1, unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(model.pruner.text_summary(text * 40, mask), summary, atol=1e-4, rtol=0)
+    padded = text.clone()
+    padded[1, 3:] = 1e3  # padded positions must not enter the summary
+    torch.testing.assert_close(model.pruner.text_summary(padded, mask), summary)
+
+    raw = _model(**{"routing.pruning.text_summary": "mean"}).pruner
+    torch.testing.assert_close(raw.text_summary(text, mask)[1], text[1, :3].mean(0))
+    assert not torch.allclose(raw.text_summary(text * 40, mask), raw.text_summary(text, mask))
+
+
+def test_a_checkpoint_config_without_text_summary_loads_as_it_was_trained():
+    from vla.config import ConfigError, VLAConfig
+    data = presets.get("tiny").to_dict()
+    del data["routing"]["pruning"]["text_summary"]  # written before the field existed
+    assert VLAConfig.from_dict(data).routing.pruning.text_summary == "mean"
+    with pytest.raises(ConfigError, match=r"PruningConfig.text_summary = 'max'.*normalized_mean"):
+        PruningConfig(text_summary="max")
+
+
+# ----------------------------------------------------------------- ablation switches (docs/model.md)
+
+
+def _film_weights_random(model) -> None:
+    """FiLM starts as the identity; give it weight so the instruction could matter."""
+    if model.aggregator is not None and model.aggregator.film is not None:
+        torch.nn.init.normal_(model.aggregator.film.net[-1].weight, std=1.0)
+    for router in model.pruner.routers.values():
+        if router.film is not None:
+            torch.nn.init.normal_(router.film.net[-1].weight, std=1.0)
+
+
+def test_instruction_film_off_removes_the_explicit_instruction_conditioning():
+    """FiLM off: stage 1's queries and stage 2's scores no longer read the instruction directly
+    (the backbone's own attention still mixes text into the visual states before a routed
+    layer, so the kept tokens may still differ with the words: what the ablation removes is
+    the explicit conditioning)."""
+    on = _model()
+    off = _model(**{"routing.aggregation.instruction_film": False, "routing.pruning.instruction_film": False})
+    assert off.aggregator.film is None and all(r.film is None for r in off.pruner.routers.values())
+    # Fewer parameters: exactly the FiLM networks are gone.
+    film_params = sum(p.numel() for m in [on.aggregator.film, *(r.film for r in on.pruner.routers.values())]
+                      for p in m.parameters())
+    assert on.num_parameters() - off.num_parameters() == film_params
+    dim = on.language.hidden_size
+    patches, visual = torch.randn(2, 2, 16, dim), torch.randn(2, 8, dim)
+    instr_a, instr_b = torch.randn(2, dim), torch.randn(2, dim)
+    for model, same in ((on, False), (off, True)):
+        _film_weights_random(model)
+        stage1_same = torch.equal(model.aggregator(patches, instr_a), model.aggregator(patches, instr_b))
+        routers_same = [torch.equal(r(visual, instr_a), r(visual, instr_b)) for r in model.pruner.routers.values()]
+        assert stage1_same == same and set(routers_same) == {same}
+
+
+def test_random_scores_keep_a_random_subset_of_the_scheduled_size_with_no_routers():
+    learned = _model()
+    model = _model(**{"routing.pruning.scores": "random"})
+    assert len(model.pruner.routers) == 0
+    assert learned.num_parameters() - model.num_parameters() == sum(
+        p.numel() for p in learned.pruner.routers.parameters())
+    model.set_token_budget(0.25)
+    batch = make_batch(model.config, tokenizer=model.tokenizer)
+    expected = model.pruner.keep_counts(8, 0.25)
+    draws = []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        trace = model.encode(batch)[1]
+        assert {i: t.shape[1] for i, t in trace.kept_indices.items()} == {i: k for i, k in expected.items() if k < 8}
+        draws.append(torch.cat(list(trace.kept_indices.values()), dim=1))
+    assert len({tuple(d.flatten().tolist()) for d in draws}) > 1  # not a fixed subset
+    # It trains: the loss reaches every other parameter (no router to reach).
+    model.train()
+    batch = make_batch(model.config, tokenizer=model.tokenizer)
+    batch[ACTION] = torch.rand(2, model.config.chunk_size, 7) * 2 - 1
+    batch["action_is_pad"] = torch.zeros(2, model.config.chunk_size, dtype=torch.bool)
+    model.compute_loss(batch).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == [], missing
+
+
+def test_ablation_switches_are_validated_and_old_configs_load_with_them_on():
+    from vla.config import ConfigError, VLAConfig
+    data = presets.get("tiny").to_dict()
+    del data["routing"]["pruning"]["scores"], data["routing"]["pruning"]["instruction_film"]
+    del data["routing"]["aggregation"]["instruction_film"]
+    config = VLAConfig.from_dict(data)
+    assert (config.routing.pruning.scores, config.routing.pruning.instruction_film,
+            config.routing.aggregation.instruction_film) == ("router", True, True)
+    with pytest.raises(ConfigError, match=r"PruningConfig.scores = 'learned'.*'router', 'random'"):
+        PruningConfig(scores="learned")
+    with pytest.raises(ConfigError, match=r"AggregationConfig.instruction_film = 'no'.*true or false"):
+        AggregationConfig(instruction_film="no")
