@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,6 +45,7 @@ def summarize(results: Sequence[EpisodeResult], protocol: EvalProtocol, policy: 
         "average_success_rate": sum(t["success_rate"] for t in tasks) / len(tasks),
         "pooled": {"episodes": total_episodes, "successes": total_successes, "wilson95": [low, high]},
         "language": language_summary(results, protocol.instruction_mode),
+        "other_task_instead": other_task_summary(results),
         "tasks": tasks,
         "protocol": protocol.to_dict(),
         "policy": policy,
@@ -119,6 +121,20 @@ def language_summary(results: Sequence[EpisodeResult], mode: str) -> dict:
     }
 
 
+def other_task_summary(results: Sequence[EpisodeResult]) -> dict | None:
+    """Failed episodes that reached another task's goal of the suite instead (the wrong object
+    placed: a grounding failure) against those that reached none (a motor failure, or nothing
+    done). Over the failures that were checked; None if none was (successes only, or a journal
+    from before it was recorded)."""
+    checked = [r for r in results if not r.success and r.other_completed is not None]
+    if not checked:
+        return None
+    instead = [r for r in checked if r.other_completed]
+    counts = Counter(task for result in instead for task in result.other_completed)
+    return {"failed_checked": len(checked), "other_task_completed": len(instead),
+            "completed_task_counts": {str(t): n for t, n in sorted(counts.items())}}
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -140,6 +156,11 @@ def markdown_table(summary: dict) -> str:
             f"| {task['task_id']} | {task['instruction']} | {task['successes']}/{task['episodes']} "
             f"| {100 * task['success_rate']:.0f}% | {100 * low:.0f}-{100 * high:.0f}% |"
         )
+    instead = summary.get("other_task_instead")
+    if instead is not None:
+        lines += ["", f"Failed episodes that completed another task of the suite instead (e.g. "
+                      f"the wrong object placed): {instead['other_task_completed']} of "
+                      f"{instead['failed_checked']}."]
     language = summary.get("language") or {"mode": "original"}
     if language["mode"] != "original":
         lines += ["", *_language_lines(summary, language)]

@@ -41,6 +41,10 @@ class EpisodeJob:
     kind: str = "original"
     named_task: int | None = None  # swapped: the task whose instruction is given ...
     named_goal: tuple[tuple[str, ...], ...] | None = None  # ... and its BDDL goal atoms
+    # The suite's other tasks (not the scene's, not the named one) as (task_id, goal atoms):
+    # checked when the episode fails, to tell "did another task instead" (e.g. put the wrong
+    # object in the basket) from "did nothing the suite names".
+    other_goals: tuple[tuple[int, tuple[tuple[str, ...], ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class EpisodeResult:
     # swapped: whether the named task's goal was reached; None where the scene lacks its objects
     named_success: bool | None = None
     infer_ms: float | None = None  # mean wall time of one policy.infer call (a remote: round trip)
+    # A failed episode: the other tasks of the suite whose goal holds at its end (ids); None:
+    # not checked (a success, no other goals planned, or a journal from before it was recorded).
+    other_completed: list[int] | None = None
 
 
 # Per-worker state, set by _worker_init (each spawned process has its own copy).
@@ -120,6 +127,7 @@ def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
     error = None
     instruction = job.instruction
     named_success = None
+    other_completed = None
     try:
         # The env runs the settle steps (no-op SETTLE_ACTION) itself, uncounted.
         obs, info = env.reset(seed=seed, options={"init_state": init_state,
@@ -155,6 +163,9 @@ def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
                     break
                 if steps >= max_steps:
                     break
+        if not success and job.other_goals:
+            # goal_reached is None where the scene lacks a goal's objects: not counted.
+            other_completed = [task for task, goal in job.other_goals if env.goal_reached(goal)]
     except Exception as exc:  # a policy crash is a failed episode, recorded with its cause
         error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
     video_path = None
@@ -171,6 +182,7 @@ def run_episode(env: Any, policy: Any, protocol: EvalProtocol, job: EpisodeJob,
         wall_s=time.monotonic() - start, error=error, video=video_path,
         instruction=instruction, variant=job.variant, kind=job.kind, named_task=job.named_task,
         named_success=named_success, infer_ms=1e3 * infer_s / calls if calls else None,
+        other_completed=other_completed,
     )
 
 
@@ -299,25 +311,23 @@ def check_init_states_exist(protocol: EvalProtocol) -> None:
 
 def plan_jobs(protocol: EvalProtocol) -> list[EpisodeJob]:
     """Every episode of ``protocol``, with the instruction its language condition gives it."""
-    if protocol.instruction_mode == "original":
-        return [EpisodeJob(t, k) for t in protocol.task_ids for k in range(protocol.episodes_per_task)]
     from envs.bddl import goal_atoms
     from envs.suites import get_suite, task_info
 
     num_tasks = get_suite(protocol.suite).num_tasks
-    infos = ({t: task_info(protocol.suite, t) for t in range(num_tasks)}
-             if protocol.instruction_mode == "swapped" else {})
+    infos = {t: task_info(protocol.suite, t) for t in range(num_tasks)}
+    goals = {t: tuple(tuple(atom) for atom in goal_atoms(info.bddl_file)) for t, info in infos.items()}
     instructions = {t: info.instruction for t, info in infos.items()}
+    rewrites = protocol.rewrites_by_task()
     jobs = []
     for task_id in protocol.task_ids:
         for episode in range(protocol.episodes_per_task):
             told = episode_instruction(protocol.instruction_mode, task_id, episode, num_tasks,
-                                       protocol.rewrites_by_task(), instructions)
-            goal = None
-            if told.named_task is not None:
-                goal = tuple(tuple(atom) for atom in goal_atoms(infos[told.named_task].bddl_file))
-            jobs.append(EpisodeJob(task_id, episode, told.text, told.variant, told.kind,
-                                   told.named_task, goal))
+                                       rewrites, instructions)
+            named = told.named_task
+            others = tuple((t, goals[t]) for t in range(num_tasks) if t not in (task_id, named))
+            jobs.append(EpisodeJob(task_id, episode, told.text, told.variant, told.kind, named,
+                                   None if named is None else goals[named], others))
     return jobs
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from envs.instruction_rewrites import rewrites
 from training.eval_protocol import EvalProtocol
-from training.eval_report import language_summary, markdown_table, summarize
+from training.eval_report import language_summary, markdown_table, other_task_summary, summarize
 from training.evaluate import EpisodeJob, EpisodeResult, plan_jobs, run_episode
 from training.instruction_modes import episode_instruction, load_rewrites
 
@@ -117,6 +117,64 @@ def test_summary_breaks_success_down_by_kind_variant_and_named_task():
                _result(0, 2, False, "swapped", named=None)]
     named = language_summary(swapped, "swapped")["named"]
     assert (named["successes"], named["episodes"]) == (1, 2)  # the uncheckable episode is left out
+
+
+def test_failures_that_did_another_task_are_counted_apart_from_the_rest():
+    import dataclasses
+    results = [dataclasses.replace(_result(0, 0, False, "original"), other_completed=[4]),
+               dataclasses.replace(_result(0, 1, False, "original"), other_completed=[]),
+               dataclasses.replace(_result(0, 2, False, "original"), other_completed=[4, 7]),
+               _result(0, 3, False, "original"),  # a journal from before it was recorded
+               _result(0, 4, True, "original")]
+    instead = other_task_summary(results)
+    assert instead == {"failed_checked": 3, "other_task_completed": 2,
+                       "completed_task_counts": {"4": 2, "7": 1}}
+    protocol = EvalProtocol(suite="libero_object", task_ids=(0,), episodes_per_task=5)
+    table = markdown_table(summarize(results, protocol, {"kind": "test"}, {0: "orig"}, 1.0))
+    assert "completed another task of the suite instead (e.g. the wrong object placed): 2 of 3." in table
+    assert other_task_summary([_result(0, 0, True, "original")]) is None
+
+
+class ExpertOfAnotherTask:
+    """The scripted expert, solving the goal of another task in this scene."""
+
+    def __init__(self, env, atoms):
+        from envs.experts import make_expert
+        from envs.experts.goal import goal_from_atoms
+
+        self.expert = make_expert(env)
+        problem = env.libero_env.env
+        self.goal = goal_from_atoms(atoms, list(problem.objects_dict) + list(problem.fixtures_dict))
+
+    def infer(self, obs):
+        return {"actions": np.asarray(self.expert.act(obs), dtype=np.float32)[None]}  # (1, 7)
+
+    def reset(self):
+        self.expert.goal = self.goal
+        self.expert.reset()
+
+
+@pytest.mark.sim
+def test_runner_records_which_other_task_a_failed_episode_completed():
+    import dataclasses
+
+    import envs
+
+    protocol = EvalProtocol(suite="libero_object", task_ids=(0,), episodes_per_task=1, image_size=32)
+    job = plan_jobs(protocol)[0]
+    assert [t for t, _ in job.other_goals] == list(range(1, 10))  # every other task, not its own
+    env = envs.make_libero_env("libero_object", 0, image_size=32, renderer="fast")
+    try:
+        env.reset(options={"init_state": 0})
+        # Another task whose object this scene holds: the wrong object, put in the basket.
+        other, atoms = next((t, g) for t, g in job.other_goals if env.goal_reached(g) is not None)
+        result = run_episode(env, ExpertOfAnotherTask(env, atoms), protocol, job)
+        assert result.error is None and not result.success
+        assert result.other_completed == [other]
+        idle = run_episode(env, RecordingPolicy(), dataclasses.replace(protocol, max_steps=2), job)
+        assert idle.other_completed == []  # checked, and nothing done
+    finally:
+        env.close()
 
 
 class RecordingPolicy:
