@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "dataset-write": ("benchmarks.dataset_write", "LeRobot dataset write time vs size, per video file cap."),
     "serve": ("benchmarks.serve_speed", "Policy server requests/s and latency percentiles."),
     "recipe": ("benchmarks.recipe_curve", "Success against training steps (learning-efficiency curve)."),
+    "instructions": ("benchmarks.instruction_retrieval", "Text-encoder retrieval of each rewrite's task."),
 }
 
 
