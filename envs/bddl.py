@@ -32,12 +32,20 @@ def _parse_sexpr(tokens: list[str], start: int) -> tuple[list | str, int]:
 
 
 def _goal_block(text: str) -> list:
-    tokens = _tokenize(re.sub(r";[^\n]*", "", text))  # drop BDDL comments
+    block = _block(text, ":goal")  # (:goal X) -> [X]
+    if block is None:
+        raise ValueError("BDDL text has no (:goal ...) block")
+    return block
+
+
+def _block(text: str, key: str) -> list | None:
+    """The items of the top-level ``(key ...)`` block of a BDDL problem, or None."""
+    tokens = _tokenize(re.sub(r";[^\n]*", "", text))
     for index, token in enumerate(tokens):
-        if token == ":goal" and index > 0 and tokens[index - 1] == "(":
+        if token == key and index > 0 and tokens[index - 1] == "(":
             expr, _ = _parse_sexpr(tokens, index - 1)
-            return expr[1:]  # (:goal X) -> [X]
-    raise ValueError("BDDL text has no (:goal ...) block")
+            return expr[1:]
+    return None
 
 
 def _flatten_and(expressions: list) -> list[list[str]]:
@@ -65,3 +73,25 @@ def read_bddl(bddl: str | Path) -> str:
 def goal_atoms(bddl: str | Path) -> list[list[str]]:
     """A BDDL file path, or BDDL text -> its goal as a list of predicate atoms (see module doc)."""
     return _flatten_and(_goal_block(read_bddl(bddl)))
+
+
+def object_types(bddl: str | Path) -> dict[str, str]:
+    """The scene's fixtures and objects with their types, from the ``(:fixtures ...)`` and
+    ``(:objects ...)`` blocks: ``{"main_table": "table", "wooden_cabinet_1": "wooden_cabinet"}``.
+    Each block lists ``name [name ...] - type`` groups."""
+    text = read_bddl(bddl)
+    types: dict[str, str] = {}
+    for key in (":fixtures", ":objects"):
+        items = _block(text, key) or []
+        pending: list[str] = []
+        index = 0
+        while index < len(items):
+            item = items[index]
+            if item == "-":
+                for name in pending:
+                    types[str(name)] = str(items[index + 1])
+                pending, index = [], index + 2
+            else:
+                pending.append(item)
+                index += 1
+    return types

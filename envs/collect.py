@@ -575,7 +575,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--suite", required=True,
-                        help="LIBERO suite with a scripted expert: libero_object or libero_spatial")
+                        help="LIBERO suite with a scripted expert: libero_object, libero_spatial or "
+                             "libero_goal (its task 3 is not solved: docs/experts.md)")
     parser.add_argument("--tasks", default="all", help="task ids: 0,3,7 or 0-4 or all (default: all)")
     parser.add_argument("--episodes-per-task", type=int, required=True, help="successful episodes to keep per task")
     parser.add_argument("--image-size", type=int, default=128, help="square camera images, pixels (default 128)")

@@ -75,7 +75,6 @@ class LiberoExpertRollout:
         self._key: tuple | None = None
         self._env = None
         self._expert = None
-        self._own_goal = None  # the expert's goal for the env's own task
         self._goals: dict[str, list] = {}
 
     def __getstate__(self) -> dict:  # sent to workers without any live env
@@ -135,7 +134,6 @@ class LiberoExpertRollout:
                 max_episode_steps=job.max_episode_steps,
             )
             self._expert = make_expert(self._env)
-            self._own_goal = self._expert.goal
             self._key = key
         return self._env, self._expert
 
@@ -153,14 +151,15 @@ class LiberoExpertRollout:
             obs, _ = env.reset(seed=job.init_state, options={"init_state": start})
             followed = self._goal_for(job, env)
             if followed is None:
-                expert.goal = self._own_goal
                 instruction = env.instruction
             else:
-                from envs.experts.goal import goal_from_atoms
+                from envs.experts import make_expert
+                from envs.experts.plan import plan_from_env
 
                 goal_task, instruction, atoms = followed
-                problem = env.libero_env.env
-                expert.goal = goal_from_atoms(atoms, list(problem.objects_dict) + list(problem.fixtures_dict))
+                # Another task's goal may need another kind of expert (LIBERO-Goal: a drawer
+                # instead of a pick-and-place): built for this episode, on the same env.
+                expert = make_expert(env, plan=plan_from_env(env.libero_env.env, atoms))
             expert.reset()
             from envs.experts.perturb import ActionPerturbation
 

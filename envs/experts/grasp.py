@@ -159,12 +159,14 @@ def plan_grasp(
     min_clearance: float = 0.004,
     rotation_cost=None,
     avoid_angles: tuple[float, ...] = (),
+    descent_heights: tuple[float, ...] = (),
 ) -> Grasp:
     """Plans a top-down grasp of object ``name`` from its current geometry.
 
     ``rotation_cost(finger_angle) -> float`` (metres-equivalent) lets the caller prefer rim
     points that need little wrist rotation; rim points within 20 degrees of ``avoid_angles``
-    (rad) are taken only when nothing else is left.
+    (rad) are taken only when nothing else is left. ``descent_heights`` (m) adds the gripper
+    raised by each of them to a rim point's clearance test: the way down to it must be clear.
     """
     box = scene.object_box(name)
     points = footprint_points(scene, name)
@@ -199,7 +201,11 @@ def plan_grasp(
         free, pos = -np.inf, None
         for r, depth in options:  # the first clear option, else the clearest
             candidate = np.array([*(center[:2] + r * direction), max(lowest, box.high[2] - depth)])
-            candidate_free = min(clearance(gripper_points(candidate, theta), obstacles), 0.05)
+            points = gripper_points(candidate, theta)  # (N, 3)
+            if descent_heights:
+                lifts = np.array([[0.0, 0.0, h] for h in (0.0, *descent_heights)])  # (H, 3)
+                points = (points[None] + lifts[:, None]).reshape(-1, 3)  # (H * N, 3)
+            candidate_free = min(clearance(points, obstacles), 0.05)
             if candidate_free > free:
                 free, pos = candidate_free, candidate
             if free >= min_clearance:

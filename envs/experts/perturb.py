@@ -10,8 +10,9 @@ policy how to recover, in the states it will actually drift into.
 
 The noise is an Ornstein-Uhlenbeck process on the translation (x, y, z): temporally correlated,
 so it moves the hand by centimetres rather than jittering it in place, and it only acts in the
-free-space phases (approach, descend, carry). Grasping, lifting and releasing stay clean: noise
-there knocks objects over instead of teaching anything. It comes in bursts (on and off for
+free-space phases (approach, descend, carry, and a drawer expert's reach to the handle).
+Grasping, lifting and releasing stay clean: noise there knocks objects over instead of teaching
+anything. It comes in bursts (on and off for
 ``burst_steps`` on average): the expert only descends once the hand has settled over the grasp
 point, which constant noise delays by ~80 steps (measured: 160 -> 230-257 steps at std 0.2 on
 LIBERO-Object task 0); in the quiet spells it settles and the data shows the recovery.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NOISY_PHASES = frozenset({"approach", "descend", "carry"})
+NOISY_PHASES = frozenset({"approach", "descend", "carry", "reach"})
 
 
 class ActionPerturbation:

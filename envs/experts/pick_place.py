@@ -1,4 +1,4 @@
-"""The scripted pick-and-place expert for LIBERO-Object and LIBERO-Spatial.
+"""The scripted pick-and-place expert (LIBERO-Object, LIBERO-Spatial, LIBERO-Goal's pick steps).
 
 A phase machine over privileged state; each phase sets a target gripper pose and gripper
 command, and :class:`~envs.experts.motion.PoseController` turns that into a smooth action::
@@ -24,19 +24,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from envs.experts.articulated import Drawer
+from envs.experts.base import CLOSE, OPEN, PhaseMachine
 from envs.experts.goal import PickPlaceGoal, goal_from_env
-from envs.experts.grasp import FINGERTIP_BELOW, Grasp, obstacle_boxes, plan_grasp
+from envs.experts.grasp import (
+    FINGERTIP_BELOW,
+    PALM_HALF_WIDTH,
+    Grasp,
+    obstacle_boxes,
+    plan_grasp,
+)
 from envs.experts.motion import (
     MotionConfig,
     PoseController,
-    choose_yaw,
-    finger_angle_of,
     grasp_orientation,
     rotation_error,
 )
 from envs.experts.scene import Scene, unwrap_libero_env
 
-OPEN, CLOSE = -1.0, 1.0
+# Heights (m) above a rim grasp pose at which the gripper's clearance is also checked when
+# ``check_descent`` is on: the way down from the hover height.
+DESCENT_HEIGHTS = (0.04, 0.08, 0.12, 0.16, 0.20)
+DESCENT_HOVER = 0.05  # m: the approach height above the grasp point then
 PHASES = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat", "done")
 
 
@@ -112,26 +121,49 @@ class ExpertConfig:
                 raise ValueError(f"ExpertConfig.{field}={value!r}: expected an int >= 0")
 
 
-class ScriptedExpert:
+class ScriptedExpert(PhaseMachine):
     """Solves one LIBERO pick-and-place task from privileged simulator state.
 
     ``act(obs=None)`` returns a float32 (7,) action in [-1, 1]; ``obs`` is ignored (everything
     is read from the simulator). Call ``reset()`` after every env reset.
     """
 
-    def __init__(self, env, config: ExpertConfig | None = None):
+    phases = PHASES
+
+    def __init__(
+        self,
+        env,
+        config: ExpertConfig | None = None,
+        *,
+        goal: PickPlaceGoal | None = None,
+        controller: PoseController | None = None,
+        check_descent: bool = False,
+    ):
+        """``goal`` defaults to the env's own BDDL goal; a plan of several steps passes each
+        pick-and-place step's goal and its shared ``controller`` (see ``sequence.py``).
+        ``check_descent`` scores rim points by the gripper's clearance all the way down from
+        20 cm above the grasp pose (a drawer opened above the object), not only at the pose."""
+        self.check_descent = check_descent
         self.problem_env = unwrap_libero_env(env)
         self.config = config or ExpertConfig()
-        self.goal: PickPlaceGoal = goal_from_env(self.problem_env)
+        self.goal: PickPlaceGoal = goal or goal_from_env(self.problem_env)
         self.scene = Scene(self.problem_env)
-        self.controller = PoseController(
+        self.controller = controller or PoseController(
             self.scene.controller_output_max(), self.config.motion
         )
         self.reset()
 
     # --- public ----------------------------------------------------------------------------
-    def reset(self) -> None:
-        self.controller.reset()
+    @property
+    def finished(self) -> bool:
+        """The object is placed and the hand has backed off (it holds still from here on)."""
+        return self.phase == "done"
+
+    def reset(self, *, keep_motion: bool = False) -> None:
+        """Starts over from the live state. ``keep_motion`` keeps the controller's last command
+        (a later step of a plan starts while the arm still moves: no jump in the action)."""
+        if not keep_motion:
+            self.controller.reset()
         self.phase = "approach"
         self.phase_steps = 0
         self.regrasps = 0
@@ -143,63 +175,9 @@ class ScriptedExpert:
         self._held_bottom = 0.0  # object's lowest point minus grip-site height, while held
         self._yaw = self._current_yaw()
 
-    def act(self, obs=None) -> np.ndarray:  # (7,) float32
-        for _ in range(len(PHASES)):  # a phase may finish instantly; bounded re-dispatch
-            action = getattr(self, f"_{self.phase}")()
-            if action is not None:
-                self.phase_steps += 1
-                return action
-        raise RuntimeError(f"expert phase machine did not settle (phase {self.phase!r})")
-
     # --- helpers ---------------------------------------------------------------------------
-    def _enter(self, phase: str) -> None:
-        self.phase, self.phase_steps = phase, 0
-        self._targets.clear()
-
-    def _move(self, pos: np.ndarray, rot: np.ndarray, speed: float) -> np.ndarray:
-        arm = self.controller.command(self.scene.eef_pos(), self.scene.eef_rot(), pos, rot, speed)
-        return np.concatenate([arm, [self.grip]]).astype(np.float32)
-
-    def _reached(self, pos: np.ndarray, tol: float | None = None) -> bool:
-        tol = tol or self.config.position_tolerance
-        return bool(np.linalg.norm(self.scene.eef_pos() - pos) < tol)
-
-    def _speed(self, eef: np.ndarray) -> float:
-        """Gripper speed in metres per step, from the last step of this phase."""
-        last = self._targets.get("last_eef")
-        self._targets["last_eef"] = eef.copy()
-        return np.inf if last is None else float(np.linalg.norm(eef - last))
-
-    def _stalled(self, eef: np.ndarray, window: int = 5, distance: float = 0.0015) -> bool:
-        """The gripper moved less than ``distance`` over the last ``window`` steps of this phase
-        (it is resting on something: the object, the support, the table)."""
-        history = self._targets.setdefault("history", [])
-        history.append(eef.copy())
-        if len(history) <= window:
-            return False
-        return bool(np.linalg.norm(history[-1] - history[-1 - window]) < distance)
-
-    def _vertical_speed(self, remaining: float) -> float:
-        """Speed cap for a vertical approach: fast while far, slow for the last centimetres."""
-        cfg = self.config
-        if remaining > cfg.slow_zone + 0.06:
-            return cfg.travel_speed
-        return cfg.descend_speed if remaining > cfg.slow_zone else cfg.fine_speed
-
     def _rot(self) -> np.ndarray:
         return grasp_orientation(self._yaw)
-
-    def _current_yaw(self) -> float:
-        return finger_angle_of(self.scene.eef_rot()) - np.pi / 2  # DOWN's fingers are at +90 deg
-
-    def _yaw_for(self, finger_angle: float) -> float:
-        """Grasp yaw within the wrist joint's range (a yaw of +d turns the wrist joint by -d)."""
-        current = self._current_yaw()
-        qpos, low, high = self.scene.wrist_joint()
-        margin = self.config.wrist_margin
-        return choose_yaw(
-            finger_angle, current, current + qpos - high + margin, current + qpos - low - margin
-        )
 
     def _robot_xy(self) -> np.ndarray:
         sim = self.scene.sim
@@ -223,9 +201,25 @@ class ScriptedExpert:
     def _place_point(self) -> tuple[np.ndarray, float]:
         """Where the object's body position should end up (xy) and its support height."""
         goal = self.goal
+        if self.scene.is_site(goal.target) and goal.relation == "on":
+            # On a region of a fixture (the stove's cook region, the cabinet's top): LIBERO
+            # wants the object's origin over the region and touching the fixture, so it is set
+            # down on the fixture's surface under the region's centre.
+            center = self.scene.site_pos(goal.target)
+            tilted = self.scene.site_rot(goal.target)[2, 2] < 0.95
+            if tilted or goal.target_object not in self.problem_env.obj_body_id:
+                # The table has no body of its own: its region sites lie on its top. A tilted
+                # region (the wine rack's, along its slanted board) is LIBERO's zero plane
+                # itself: the object's origin is set down just above the site's centre.
+                top = float(center[2] + (0.0 if tilted else self.scene.site_half_size(goal.target)[2]))
+            else:
+                top = self.scene.surface_top(goal.target_object, center[:2])
+            return center[:2], top + self.config.release_above
         if self.scene.is_site(goal.target):
             center = self.scene.site_pos(goal.target)
             half = self.scene.site_half_size(goal.target)
+            if self.scene.site_joints(goal.target):  # a drawer's region: its open part
+                center[:2] = Drawer.of_region(self.scene, goal.target).place_xy()
             support = float(self.scene.object_box(goal.target_object).low[2]) + 0.01
             return center[:2], max(support, center[2] - half[2]) + self.config.basket_release_above
         box = self.scene.object_box(goal.target)
@@ -242,13 +236,20 @@ class ScriptedExpert:
                 robot_xy=self._robot_xy(),
                 rotation_cost=lambda a: 0.005 * abs(self._yaw_for(a) - self._current_yaw()),
                 avoid_angles=tuple(self._blocked_angles),
+                descent_heights=DESCENT_HEIGHTS if self.check_descent else (),
             )
             self._yaw = self._yaw_for(self.grasp.finger_angle)
             eef = self.scene.eef_pos()
-            top = self._obstacle_top(eef[:2], self.grasp.pos[:2], 0.06, exclude=(self.goal.obj,))
-            hover = max(
-                self.grasp.pos[2] + cfg.hover_above, top + FINGERTIP_BELOW + cfg.safe_margin
-            )
+            # The hover clears what lies within 6 cm of the way there; with the way down
+            # checked (check_descent), within the palm's half width and 1 cm: a bowl slid out
+            # from under an open drawer lies 4.5 cm from it, and clearing the drawer's top put
+            # 25 cm of descent and 13 steps into each such pick.
+            corridor = PALM_HALF_WIDTH + 0.01 if self.check_descent else 0.06
+            top = self._obstacle_top(eef[:2], self.grasp.pos[:2], corridor, exclude=(self.goal.obj,))
+            # With the way down checked, 5 cm above the grasp point is enough room to settle in
+            # (the hand comes from a push at the bowl's rim height: 3 cm less to come down).
+            above = DESCENT_HOVER if self.check_descent else cfg.hover_above
+            hover = max(self.grasp.pos[2] + above, top + FINGERTIP_BELOW + cfg.safe_margin)
             self._targets["pos"] = np.array([*self.grasp.pos[:2], hover])
             self._targets["start"] = eef.copy()
         self.grip = OPEN

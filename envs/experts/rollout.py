@@ -37,7 +37,7 @@ def run_episode(env, expert, init_state: int, *, seed: int = 0) -> EpisodeResult
         init_state=int(init_state),
         success=success,
         steps=len(actions),
-        final_phase=expert.phase,
+        final_phase=getattr(expert, "step_phase", expert.phase),
         regrasps=expert.regrasps,
         actions=np.asarray(actions, dtype=np.float32).reshape(-1, 7),
     )

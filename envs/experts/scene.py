@@ -14,6 +14,8 @@ import numpy as np
 # Geom groups robosuite uses: 0 = collision, 1 = visual. Grasp heights come from the collision
 # geoms, since those are what the fingers touch.
 _COLLISION_GROUP = 0
+# The 8 corners of a unit box, as signs of its half extents: (8, 3).
+_CORNER_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ class Scene:
     def site_pos(self, name: str) -> np.ndarray:  # (3,)
         return np.array(self.sim.data.get_site_xpos(name))
 
+    def site_rot(self, name: str) -> np.ndarray:  # (3, 3) world-from-site
+        return np.array(self.sim.data.get_site_xmat(name)).reshape(3, 3)
+
     def site_half_size(self, name: str) -> np.ndarray:  # (3,) world-axis half extents
         site = self.env.object_sites_dict[name]
         mat = np.array(self.sim.data.get_site_xmat(name)).reshape(3, 3)
@@ -106,6 +111,10 @@ class Scene:
 
     def is_site(self, name: str) -> bool:
         return name in self.env.object_sites_dict
+
+    def site_joints(self, name: str) -> list[str]:
+        """Joints that move a region site with them (a drawer's region: its slide joint)."""
+        return list(getattr(self.env.object_sites_dict[name], "joints", None) or [])
 
     def _subtree_geoms(self, name: str) -> list[int]:
         model = self.sim.model._model
@@ -136,6 +145,44 @@ class Scene:
             corners.append(data.geom_xpos[g] + local @ rot.T)
         points = np.concatenate(corners, axis=0)  # (8 * n_geoms, 3)
         return Box(points.min(axis=0), points.max(axis=0))
+
+    def geom_box(self, g: int) -> tuple[np.ndarray, np.ndarray]:
+        """World AABB (low (3,), high (3,)) of geom ``g``: its local AABB in its world pose."""
+        model = self.sim.model._model
+        data = self.sim.data._data
+        local = model.geom_aabb[g, :3] + _CORNER_SIGNS * model.geom_aabb[g, 3:]  # (8, 3)
+        points = data.geom_xpos[g] + local @ data.geom_xmat[g].reshape(3, 3).T
+        return points.min(axis=0), points.max(axis=0)
+
+    def fixed_collision_boxes(
+        self, name: str, exclude_bodies: set[int]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """World AABBs of ``name``'s collision geoms outside ``exclude_bodies`` (and their
+        children): a cabinet without its drawers."""
+        model = self.sim.model._model
+        boxes = []
+        for g in self._subtree_geoms(name):
+            body = int(model.geom_bodyid[g])
+            inside = body in exclude_bodies or int(model.body_parentid[body]) in exclude_bodies
+            if not inside and int(model.geom_group[g]) == _COLLISION_GROUP:
+                boxes.append(self.geom_box(g))
+        return boxes
+
+    def surface_top(self, name: str, xy: np.ndarray, radius: float = 0.02) -> float:
+        """Highest top (m) of ``name``'s collision geoms whose world AABB footprint comes within
+        ``radius`` of the point ``xy`` (2,): the surface an object set down there rests on."""
+        model = self.sim.model._model
+        top = -np.inf
+        for g in self._subtree_geoms(name):
+            if int(model.geom_group[g]) != _COLLISION_GROUP:
+                continue
+            low, high = self.geom_box(g)
+            gap = np.maximum(low[:2] - xy, 0) + np.maximum(xy - high[:2], 0)
+            if np.linalg.norm(gap) < radius:
+                top = max(top, float(high[2]))
+        if not np.isfinite(top):
+            raise ValueError(f"{name!r} has no collision geom near xy={np.round(xy, 3).tolist()}")
+        return top
 
     def contacts_between(self, name_a: str, name_b: str) -> bool:
         return bool(

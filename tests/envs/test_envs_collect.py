@@ -459,8 +459,8 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
          ["--episodes-per-task", "0", "expected an int >= 1"]),
         (["--suite", "libero_object", "--tasks", "0", "--episodes-per-task", "1", "--renderer", "pretty"],
          ["--renderer", "'pretty'", "fast"]),
-        (["--suite", "libero_goal", "--tasks", "0", "--episodes-per-task", "1"],
-         ["--suite", "'libero_goal'", "no scripted expert", "libero_spatial"]),
+        (["--suite", "libero_10", "--tasks", "0", "--episodes-per-task", "1"],
+         ["--suite", "'libero_10'", "no scripted expert", "libero_goal"]),
     ],
 )
 def test_bad_arguments_name_flag_value_and_expectation(argv, expected, tmp_path, capsys):
