@@ -15,10 +15,17 @@ from training.evaluate import EpisodeJob, EpisodeResult, plan_jobs, run_episode
 from training.instruction_modes import episode_instruction, load_rewrites
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HELDOUT = REPO_ROOT / "docs" / "language" / "heldout_rewrites_libero_object.json"
+HELDOUT_DIR = REPO_ROOT / "docs" / "language"
 OBJECT_INSTRUCTIONS = [f"pick up the {o} and place it in the basket" for o in (
     "alphabet soup", "cream cheese", "salad dressing", "bbq sauce", "ketchup", "tomato sauce",
     "butter", "milk", "chocolate pudding", "orange juice")]
+GOAL_INSTRUCTIONS = [
+    "open the middle drawer of the cabinet", "put the bowl on the stove",
+    "put the wine bottle on top of the cabinet", "open the top drawer and put the bowl inside",
+    "put the bowl on top of the cabinet", "push the plate to the front of the stove",
+    "put the cream cheese in the bowl", "turn on the stove", "put the bowl on the plate",
+    "put the wine bottle on the rack"]
+SUITE_INSTRUCTIONS = {"libero_object": OBJECT_INSTRUCTIONS, "libero_goal": GOAL_INSTRUCTIONS}
 
 
 def _write(tmp_path, data) -> Path:
@@ -82,12 +89,14 @@ def test_protocol_records_the_condition_and_refuses_inconsistent_ones():
                      rewrites=((0, (("grab it", "phrasing"),)),))
 
 
-def test_heldout_rewrites_share_nothing_with_the_training_rewrites():
-    heldout = load_rewrites(HELDOUT, "libero_object", tuple(range(10)))
-    training = {r.text for instruction in OBJECT_INSTRUCTIONS for r in rewrites(instruction)}
+@pytest.mark.parametrize("suite", sorted(SUITE_INSTRUCTIONS))
+def test_heldout_rewrites_share_nothing_with_the_training_rewrites(suite):
+    instructions = SUITE_INSTRUCTIONS[suite]
+    heldout = load_rewrites(HELDOUT_DIR / f"heldout_rewrites_{suite}.json", suite, tuple(range(10)))
+    training = {r.text for instruction in instructions for r in rewrites(instruction)}
     given = {text for _, variants in heldout for text, _ in variants}
     assert len(given) == 100 and not given & training
-    assert not given & set(OBJECT_INSTRUCTIONS)
+    assert not given & set(instructions)
     kinds = {kind for _, variants in heldout for _, kind in variants}
     assert kinds == {"phrasing", "synonym"}
 
