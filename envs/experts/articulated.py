@@ -194,8 +194,11 @@ class Drawer:
         return (center + (along - center @ u) * u)[:2]
 
 
-class _FixtureStep(PhaseMachine):
-    """Shared set-up of the fixture experts (same constructor and reset as the other steps)."""
+class FixtureStep(PhaseMachine):
+    """Shared set-up of the fixture experts (same constructor and reset as the other steps).
+
+    Subclasses set ``first_phase`` and may override ``_setup(step)`` for what ``reset`` reads
+    (it runs after the scene exists and before the first reset)."""
 
     first_phase = ""
 
@@ -204,7 +207,11 @@ class _FixtureStep(PhaseMachine):
         self.step, self.config, self.controller = step, config, controller
         self.scene = Scene(self.problem_env)
         self.joint = Joint(self.scene, step.joint)
+        self._setup(step)
         self.reset()
+
+    def _setup(self, step) -> None:
+        """Step-specific state built once, before the first :meth:`reset`."""
 
     @property
     def finished(self) -> bool:
@@ -232,7 +239,7 @@ class _FixtureStep(PhaseMachine):
         return True
 
 
-class DrawerOpener(_FixtureStep):
+class DrawerOpener(FixtureStep):
     """Pulls the drawer of an :class:`~envs.experts.plan.OpenDrawer` step open (module doc)."""
 
     phases = DRAWER_PHASES
@@ -240,9 +247,11 @@ class DrawerOpener(_FixtureStep):
 
     def __init__(self, env, step, config, controller, *, rise_after: bool = True):
         super().__init__(env, step, config, controller)
-        self.drawer = Drawer(self.scene, step.fixture, step.joint)
         self.rise_after = rise_after
         self._grip_rot = self._handle_rot()  # (3, 3) the hand's orientation at the handle
+
+    def _setup(self, step) -> None:
+        self.drawer = Drawer(self.scene, step.fixture, step.joint)
 
     @property
     def pull_dir(self) -> np.ndarray:  # (3,)
@@ -373,7 +382,7 @@ class DrawerOpener(_FixtureStep):
         return self._hold(self._targets["rot"])
 
 
-class KnobTurner(_FixtureStep):
+class KnobTurner(FixtureStep):
     """Turns the knob of a :class:`~envs.experts.plan.TurnOn` step on (module doc)."""
 
     phases = KNOB_PHASES

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.experts.articulated import Drawer
-from envs.experts.base import CLOSE, PhaseMachine
+from envs.experts.articulated import Drawer, FixtureStep
+from envs.experts.base import CLOSE
 from envs.experts.grasp import MAX_OPENING, PALM_ABOVE, PALM_HALF_WIDTH
-from envs.experts.motion import PoseController, grasp_orientation, rotation_error
-from envs.experts.scene import Scene, unwrap_libero_env
+from envs.experts.motion import grasp_orientation, rotation_error
 
 CLEAR_PHASES = ("approach", "descend", "push", "rise", "done")
 
@@ -54,28 +53,18 @@ STALL_ENOUGH = 0.015  # m short of the goal at which a stalled push counts as do
 PRESS = 0.02  # m past the contact point the hand aims at while the object is short of its goal
 
 
-class DrawerWayClearer(PhaseMachine):
+class DrawerWayClearer(FixtureStep):
     """Carries out a :class:`~envs.experts.plan.ClearDrawerWay` step (module doc)."""
 
     phases = CLEAR_PHASES
+    first_phase = "approach"
 
-    def __init__(self, env, step, config, controller: PoseController):
-        self.problem_env = unwrap_libero_env(env)
-        self.step, self.config, self.controller = step, config, controller
-        self.scene = Scene(self.problem_env)
+    def _setup(self, step) -> None:
         self.drawer = Drawer(self.scene, step.fixture, step.joint)
-        self.reset()
-
-    @property
-    def finished(self) -> bool:
-        return self.phase == "done"
 
     def reset(self, *, keep_motion: bool = False) -> None:
-        if not keep_motion:
-            self.controller.reset()
-        self.phase, self.phase_steps, self.regrasps = "approach", 0, 0
+        super().reset(keep_motion=keep_motion)
         self.grip = CLOSE  # closed fingers: a compact pusher
-        self._targets: dict = {}
         self._yaw = self._current_yaw()
         self._direction = np.zeros(2)  # (2,) set by _needed_position when there is a way out
         self._goal_along = self._needed_position()
